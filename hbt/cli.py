@@ -1,0 +1,80 @@
+"""The ``hbt`` command line: one subcommand per job, each with ``--help``.
+
+Every subcommand turns bad input (:class:`hbt.errors.InputError`) into one line on
+stderr and exit status 2, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from hbt.errors import EXIT_BAD_INPUT, InputError
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from hbt.data import load_corpus
+    from hbt.data.stats import stats_table
+
+    corpus = load_corpus(args.path)
+    print(f"{corpus.name}: {len(corpus.items):,} items, {len(corpus.titles):,} titles, {len(corpus.languages)} languages")
+    print(stats_table(corpus))
+    return 0
+
+
+def _data_sample(args: argparse.Namespace) -> int:
+    from hbt.data import load_corpus
+    from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig
+
+    corpus = load_corpus(args.path)
+    cfg = SamplerConfig(
+        batch_size=args.batch_size, alpha=args.alpha, mix=args.mix,
+        language_policy=args.language_policy, temperature=args.temperature, seed=args.seed,
+    )
+    sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg)
+    for epoch in range(args.epochs):
+        mix = sampler.mix(epoch)
+        batches = sampler.plan(epoch)
+        mono = sum(n for k, n in mix.items() if k != "cross")
+        print(f"epoch {epoch}: {len(batches)} contrastive batches of {cfg.batch_size}, "
+              f"{mono} mono ({mono / max(1, len(batches)):.2f}), {mix['cross']} cross")
+        print("  mono per language: " + ", ".join(f"{k[5:]} {n}" for k, n in sorted(mix.items()) if k != "cross"))
+        for batch in batches[: args.show]:
+            langs = sorted({f"{q}->{p}" for _, q, p in batch.pairs})
+            print(f"  {batch.kind:5s} {len(batch.pairs)} pairs: {', '.join(langs[:6])}{' ...' if len(langs) > 6 else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = commands.add_parser("data", help="inspect corpora and the batches the sampler makes from them")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    stats = data_commands.add_parser("stats", help="items, queries and candidates per language")
+    stats.add_argument("path", help="LAReQA .json file or directory, a .jsonl file, or synthetic[:items=N,languages=L,...]")
+    stats.set_defaults(run=_data_stats)
+    sample = data_commands.add_parser("sample", help="plan hybrid batches and print the batch-type mix")
+    sample.add_argument("path", help="as for 'hbt data stats'")
+    sample.add_argument("--batch-size", type=int, default=32, help="contrastive batch size (all ranks together)")
+    sample.add_argument("--alpha", type=float, default=0.5, help="share of monolingual batches")
+    sample.add_argument("--mix", choices=["exact", "bernoulli"], default="exact")
+    sample.add_argument("--language-policy", choices=["proportional", "uniform", "temperature"], default="proportional")
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--epochs", type=int, default=1)
+    sample.add_argument("--show", type=int, default=5, help="print the first N batches of each epoch")
+    sample.set_defaults(run=_data_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        code = run(args)
+    except InputError as e:
+        print(f"hbt: error: {e}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    sys.exit(code)

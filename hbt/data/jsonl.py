@@ -1,0 +1,63 @@
+"""Loader for hbt's generic JSONL training format (docs/data.md).
+
+One line per item and language, so that exporting from any database is a flat dump and
+an item missing in a language is simply a missing line::
+
+    {"id": "q17", "lang": "de", "query": "...", "positive": "...", "negatives": ["..."], "title": "..."}
+
+``negatives`` and ``title`` are optional (an item without a title is its own title, so
+a title split then splits by item).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hbt.data.corpus import Corpus, Item, Pair, retrieval_from_pairs
+from hbt.data.languages import check_language
+from hbt.errors import InputError
+
+
+def _str_field(row: dict, key: str, where: str) -> str:
+    if key not in row:
+        raise InputError(where, f"missing field '{key}'")
+    value = row[key]
+    if not isinstance(value, str) or not value:
+        raise InputError(where, f"field '{key}' should be a non-empty string")
+    return value
+
+
+def load_jsonl(path: Path) -> Corpus:
+    items: dict[str, Item] = {}
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(where, f"malformed JSON at column {e.colno}: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise InputError(where, "each line should be a JSON object")
+            item_id = _str_field(row, "id", where)
+            lang = check_language(_str_field(row, "lang", where), f"{where} field 'lang'")
+            negatives = row.get("negatives", [])
+            if not isinstance(negatives, list) or not all(isinstance(x, str) for x in negatives):
+                raise InputError(where, "field 'negatives' should be a list of strings")
+            title = row.get("title", item_id)
+            if not isinstance(title, str):
+                raise InputError(where, "field 'title' should be a string")
+            item = items.setdefault(item_id, Item(id=item_id, title=title, pairs={}))
+            if lang in item.pairs:
+                raise InputError(where, f"item '{item_id}' already has a '{lang}' line")
+            item.pairs[lang] = Pair(
+                query=_str_field(row, "query", where),
+                passage=_str_field(row, "positive", where),
+                negatives=tuple(negatives),
+            )
+    if not items:
+        raise InputError(str(path), "no items in this file")
+    item_list = list(items.values())
+    return Corpus(name=path.stem, items=item_list, retrieval=retrieval_from_pairs(item_list))

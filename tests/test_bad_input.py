@@ -1,0 +1,72 @@
+"""Bad input: one line on stderr naming the file, field or option; exit 2; no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_hbt
+from tests.test_data import lareqa_doc, paragraph
+
+
+def assert_one_line_error(out, *needles: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def write(path: Path, doc) -> Path:
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+GOOD = paragraph(["One sentence.", "Two sentence."], [("q1", "which?", 3)])
+
+
+@pytest.mark.parametrize(
+    "name,doc,needles",
+    [
+        ("en.json", '{"data": [', ["en.json", "malformed JSON", "line 1"]),
+        ("en.json", {"data": [{"paragraphs": [GOOD]}]}, ["en.json", "data[0].title"]),
+        ("en.json", {"data": [{"title": "T", "paragraphs": [{**GOOD, "qas": [{"id": "q", "answers": []}]}]}]},
+         ["en.json", "data[0].paragraphs[0].qas[0].question"]),
+        ("en.json", lareqa_doc([paragraph(["Short."], [("q9", "far?", 500)])]), ["en.json", "q9", "outside every"]),
+        ("xx.json", lareqa_doc([GOOD]), ["xx.json", "unknown language code 'xx'"]),
+        ("en.json", {"data": [{"title": "T", "paragraphs": [{**GOOD, "qas": []}]}]}, ["en.json", "no questions"]),
+    ],
+    ids=["malformed", "missing-title", "missing-question", "answer-outside", "unknown-lang", "empty-lang"],
+)
+def test_lareqa_bad_input(tmp_path: Path, name: str, doc, needles: list[str]) -> None:
+    out = run_hbt("data", "stats", str(write(tmp_path / name, doc)))
+    assert_one_line_error(out, *needles)
+
+
+@pytest.mark.parametrize(
+    "line,needles",
+    [
+        ('{"id": "a", "lang": "en", "query": "q"', ["pairs.jsonl:2", "malformed JSON"]),
+        ('{"id": "a", "lang": "en", "query": "q"}', ["pairs.jsonl:2", "'positive'"]),
+        ('{"id": "a", "lang": "english", "query": "q", "positive": "p"}', ["pairs.jsonl:2", "'english'"]),
+    ],
+    ids=["malformed", "missing-positive", "unknown-lang"],
+)
+def test_jsonl_bad_input(tmp_path: Path, line: str, needles: list[str]) -> None:
+    good = '{"id": "b", "lang": "en", "query": "q", "positive": "p"}'
+    out = run_hbt("data", "stats", str(write(tmp_path / "pairs.jsonl", good + "\n" + line + "\n")))
+    assert_one_line_error(out, *needles)
+
+
+def test_missing_path_and_bad_synthetic_option() -> None:
+    assert_one_line_error(run_hbt("data", "stats", "no/such/dir"), "no/such/dir", "no such file")
+    assert_one_line_error(run_hbt("data", "stats", "synthetic:itemz=3"), "unknown synthetic option 'itemz'")
+
+
+def test_sampler_options() -> None:
+    assert_one_line_error(run_hbt("data", "sample", "synthetic:items=200", "--alpha", "1.5"), "train.alpha", "[0, 1]")
+    assert_one_line_error(run_hbt("data", "sample", "synthetic:items=50", "--batch-size", "64"),
+                          "train.batch_size", "larger than language")

@@ -1,0 +1,123 @@
+"""Data layer: LAReQA and JSONL loaders, the synthetic corpus, title splits, stats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hbt.data import holdout_titles, load_corpus, split_by_title
+from hbt.data.synthetic import SyntheticSpec, synthetic_corpus
+from tests.conftest import run_hbt
+
+XQUAD_CANDIDATES = {"ar": 1222, "de": 1276, "el": 1234, "en": 1180, "es": 1215, "hi": 1244,
+                    "ru": 1219, "th": 852, "tr": 1167, "vi": 1209, "zh": 1196}
+
+
+def lareqa_doc(paragraphs: list[dict], title: str = "T") -> dict:
+    return {"data": [{"title": title, "paragraphs": paragraphs}]}
+
+
+def paragraph(sentences: list[str], qas: list[tuple[str, str, int]]) -> dict:
+    breaks, pos = [], 0
+    for s in sentences:
+        breaks.append([pos, pos + len(s)])
+        pos += len(s) + 1
+    return {"context": " ".join(sentences), "sentences": sentences, "sentence_breaks": breaks,
+            "qas": [{"id": i, "question": q, "answers": [{"text": "x", "answer_start": a}]} for i, q, a in qas]}
+
+
+@pytest.fixture
+def tiny_lareqa(tmp_path: Path) -> Path:
+    """Two languages; q2 exists only in English; two questions share one sentence."""
+    en = lareqa_doc([paragraph(["Alpha one.", "Beta two.", "Gamma three."],
+                               [("q1", "what one?", 2), ("q2", "what two?", 12), ("q3", "two again?", 15)])])
+    de = lareqa_doc([paragraph(["Eins alpha.", "Zwei beta."], [("q1", "was eins?", 0), ("q3", "was zwei?", 13)])])
+    (tmp_path / "en.json").write_text(json.dumps(en))
+    (tmp_path / "de.json").write_text(json.dumps(de))
+    return tmp_path
+
+
+def test_lareqa_pairs_candidates_and_relevance(tiny_lareqa: Path) -> None:
+    corpus = load_corpus(str(tiny_lareqa))
+    items = {item.id: item for item in corpus.items}
+    assert sorted(items) == ["q1", "q2", "q3"]
+    assert sorted(items["q1"].pairs) == ["de", "en"] and sorted(items["q2"].pairs) == ["en"]
+    assert items["q1"].pairs["en"].passage == "Alpha one."
+    assert items["q3"].pairs["en"].passage == "Beta two." and items["q3"].pairs["de"].passage == "Zwei beta."
+    en = {c.text: c.item_ids for c in corpus.retrieval.candidates["en"]}
+    assert en == {"Alpha one.": {"q1"}, "Beta two.": {"q2", "q3"}, "Gamma three.": frozenset()}
+    assert [q.item_id for q in corpus.retrieval.queries["de"]] == ["q1", "q3"]
+
+
+def test_xquad_r_counts(xquad_r: Path) -> None:
+    corpus = load_corpus(str(xquad_r))
+    assert len(corpus.items) == 1190
+    assert {lang: len(q) for lang, q in corpus.retrieval.queries.items()} == {lang: 1190 for lang in XQUAD_CANDIDATES}
+    assert {lang: len(c) for lang, c in corpus.retrieval.candidates.items()} == XQUAD_CANDIDATES
+    # Every question has exactly one relevant candidate per language.
+    for lang, cands in corpus.retrieval.candidates.items():
+        assert sum(len(c.item_ids) for c in cands) == 1190, lang
+
+
+def test_data_stats_cli_prints_xquad_table(xquad_r: Path) -> None:
+    out = run_hbt("data", "stats", str(xquad_r))
+    assert out.returncode == 0, out.stderr
+    assert "| th | 1,190 | 1,190 | 852 |" in out.stdout
+    assert "| de | 1,190 | 1,190 | 1,276 |" in out.stdout
+    assert "| all | 1,190 | 13,090 | 13,014 |" in out.stdout
+
+
+def test_jsonl_loader(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {"id": "a", "lang": "en", "query": "q a", "positive": "p a", "negatives": ["n1"], "title": "t1"},
+        {"id": "a", "lang": "fr", "query": "q a fr", "positive": "p a fr"},
+        {"id": "b", "lang": "en", "query": "q b", "positive": "p a"},  # shares a's passage
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    corpus = load_corpus(str(path))
+    assert corpus.languages == ["en", "fr"]
+    a = next(i for i in corpus.items if i.id == "a")
+    assert a.title == "t1" and a.pairs["en"].negatives == ("n1",)
+    en = corpus.retrieval.candidates["en"]
+    assert len(en) == 1 and en[0].item_ids == {"a", "b"}
+
+
+def test_synthetic_is_deterministic_and_scripts_are_disjoint() -> None:
+    spec = SyntheticSpec(items=300, languages=12, seed=3)
+    a, b = synthetic_corpus(spec), synthetic_corpus(spec)
+    assert a.fingerprint() == b.fingerprint()
+    assert synthetic_corpus(SyntheticSpec(items=300, languages=12, seed=4)).fingerprint() != a.fingerprint()
+    chars: dict[str, set[str]] = {}
+    for item in a.items:
+        for lang, pair in item.pairs.items():
+            chars.setdefault(lang, set()).update((pair.query + pair.passage).replace(" ", ""))
+    langs = sorted(chars)
+    assert len(langs) == 12
+    for i, x in enumerate(langs):
+        for y in langs[i + 1:]:
+            assert not chars[x] & chars[y], (x, y)
+
+
+def test_synthetic_coverage_leaves_items_out_of_languages() -> None:
+    corpus = load_corpus("synthetic:items=400,languages=5,coverage=0.5")
+    sizes = [len(item.pairs) for item in corpus.items]
+    assert min(sizes) >= 1 and max(sizes) <= 5 and 2.0 < sum(sizes) / len(sizes) < 3.0
+
+
+def test_title_split_shares_no_item_or_candidate(xquad_r: Path) -> None:
+    corpus = load_corpus(str(xquad_r))
+    held = holdout_titles(corpus, "0.2", seed=0)
+    assert len(held) == 10 and held == holdout_titles(corpus, 0.2, seed=0)
+    train, test = split_by_title(corpus, held)
+    assert not {i.id for i in train.items} & {i.id for i in test.items}
+    assert len(train.items) + len(test.items) == 1190
+    train_cands = {c.id for cs in train.retrieval.candidates.values() for c in cs}
+    test_cands = {c.id for cs in test.retrieval.candidates.values() for c in cs}
+    assert not train_cands & test_cands and len(train_cands) + len(test_cands) == 13014
+    test_items = {i.id for i in test.items}
+    assert all(q.item_id in test_items for qs in test.retrieval.queries.values() for q in qs)
+    explicit = holdout_titles(corpus, "Warsaw,Normans")
+    assert explicit == ["Normans", "Warsaw"]
