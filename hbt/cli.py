@@ -30,7 +30,7 @@ def _data_sample(args: argparse.Namespace) -> int:
     corpus = load_corpus(args.path)
     cfg = SamplerConfig(
         batch_size=args.batch_size, alpha=args.alpha, mix=args.mix,
-        language_policy=args.language_policy, temperature=args.temperature, seed=args.seed,
+        language_policy=args.language_policy, language_temperature=args.language_temperature, seed=args.seed,
     )
     sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg)
     for epoch in range(args.epochs):
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--alpha", type=float, default=0.5, help="share of monolingual batches")
     sample.add_argument("--mix", choices=["exact", "bernoulli"], default="exact")
     sample.add_argument("--language-policy", choices=["proportional", "uniform", "temperature"], default="proportional")
-    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--language-temperature", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--epochs", type=int, default=1)
     sample.add_argument("--show", type=int, default=5, help="print the first N batches of each epoch")

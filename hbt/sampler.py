@@ -16,7 +16,7 @@ batches has ``round(alpha * N)`` monolingual ones, in shuffled order (``bernoull
 draws each batch's type instead). The language of a monolingual batch, and the query
 and passage languages of a cross-lingual pair, are drawn with weights from
 ``language_policy``: ``proportional`` to each language's item count (the paper's
-"sampled based on dataset size"), ``uniform``, or ``temperature`` (count ** (1/T)).
+"sampled based on dataset size"), ``uniform``, or ``temperature`` (count ** (1/T), T = ``language_temperature``).
 
 An epoch is one pass over the items: an item id is used at most once as a query, in
 whatever language its batch gives it. No contrastive batch holds an item twice or two
@@ -46,7 +46,7 @@ class SamplerConfig:
     alpha: float = 0.5
     mix: Literal["exact", "bernoulli"] = "exact"
     language_policy: Literal["proportional", "uniform", "temperature"] = "proportional"
-    temperature: float = 1.0
+    language_temperature: float = 1.0
     remainder: Literal["drop", "carry"] = "drop"
     seed: int = 0
 
@@ -59,8 +59,8 @@ class SamplerConfig:
             raise InputError("train.mix", f"must be 'exact' or 'bernoulli', got {self.mix!r}")
         if self.language_policy not in ("proportional", "uniform", "temperature"):
             raise InputError("train.language_policy", f"must be proportional, uniform or temperature, got {self.language_policy!r}")
-        if not self.temperature > 0:
-            raise InputError("train.temperature", f"must be > 0, got {self.temperature}")
+        if not self.language_temperature > 0:
+            raise InputError("train.language_temperature", f"must be > 0, got {self.language_temperature}")
         if self.remainder not in ("drop", "carry"):
             raise InputError("train.remainder", f"must be 'drop' or 'carry', got {self.remainder!r}")
 
@@ -128,7 +128,7 @@ class _Planner:
     def __init__(self, index: LanguageIndex, cfg: SamplerConfig):
         self.index = index
         self.cfg = cfg
-        self.weights = language_weights(index.counts, cfg.language_policy, cfg.temperature)
+        self.weights = language_weights(index.counts, cfg.language_policy, cfg.language_temperature)
 
     def plan(self, epoch: int, carried: list[int]) -> _EpochPlan:
         rng = np.random.default_rng([self.cfg.seed, epoch, 0])

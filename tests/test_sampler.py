@@ -49,7 +49,7 @@ configs = st.builds(
 def make(index: LanguageIndex, c: dict, world: int | None = None, rank: int = 0) -> HybridBatchSampler:
     world = c["world"] if world is None else world
     cfg = SamplerConfig(batch_size=c["per_rank"] * c["world"], alpha=c["alpha"], mix=c["mix"],
-                        language_policy=c["language_policy"], temperature=c["temperature"],
+                        language_policy=c["language_policy"], language_temperature=c["temperature"],
                         remainder=c["remainder"], seed=c["seed"])
     return HybridBatchSampler(index, cfg, world_size=world, rank=rank)
 
@@ -192,7 +192,7 @@ def test_language_policy_sets_the_mono_language_mix(policy: str, temperature: fl
     index = LanguageIndex(["a", "b", "c"], item_langs,
                           [{lang: lang * 10**6 + i for lang in langs} for i, langs in enumerate(item_langs)])
     assert index.counts.tolist() == sizes
-    sampler = HybridBatchSampler(index, SamplerConfig(batch_size=4, alpha=1.0, language_policy=policy, temperature=temperature))
+    sampler = HybridBatchSampler(index, SamplerConfig(batch_size=4, alpha=1.0, language_policy=policy, language_temperature=temperature))
     mix = Counter()
     for epoch in range(4):  # early batches, before any language runs short
         mix.update(f"mono/{b.pairs[0][1]}" for b in sampler.plan(epoch)[:150])

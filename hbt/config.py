@@ -1,0 +1,201 @@
+"""Experiment configuration: YAML files, dotted command-line overrides, validation.
+
+A config is a tree of dataclasses; YAML and overrides are checked against their type
+hints (unknown key, wrong type) and ranges before any worker starts, so a typo costs a
+one-line error, not a queued GPU job that dies an hour later. The fully resolved config
+is saved beside every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hbt.errors import InputError
+from hbt.sampler import SamplerConfig
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/tiny"  # the run directory: checkpoints, metrics, logs, the exported model
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    train: str = "synthetic"  # LAReQA dir/file, .jsonl, or synthetic[:options]
+    holdout_titles: str | float | None = None  # fraction, "Title1,Title2", or @file
+    eval: str | None = None  # evaluation data; default: the held-out titles of data.train
+    cache_dir: str = ".cache/hbt"  # Arrow tokenisation cache
+
+
+@dataclass
+class TinyModelConfig:
+    """The offline preset: a small XLM-R-architecture encoder, randomly initialised."""
+
+    vocab_size: int = 8000
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate_size: int = 256
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # 'tiny', a local Hugging Face directory, or a hub name
+    pooling: Literal["mean", "cls"] = "mean"
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    max_query_length: int = 32
+    max_passage_length: int = 64
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # the contrastive batch: all ranks together
+    alpha: float = 0.5  # share of monolingual batches (1: mono-only, 0: cross-only)
+    mix: Literal["exact", "bernoulli"] = "exact"
+    language_policy: Literal["proportional", "uniform", "temperature"] = "proportional"
+    language_temperature: float = 1.0
+    remainder: Literal["drop", "carry"] = "drop"
+    epochs: int = 1
+    max_steps: int | None = None  # stop early (still evaluates and exports)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1  # contrastive batches per optimizer step
+    temperature: float = 0.05  # InfoNCE temperature
+    symmetric: bool = False  # add the passage -> query term
+    hard_negatives: int = 0  # hard negatives per pair (from the data), gathered like passages
+    grad_cache_chunk: int | None = None  # GradCache: encode this many texts at a time
+    deepspeed: str = "configs/deepspeed/zero0.json"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    checkpoint_every: int = 100  # optimizer steps
+    keep_checkpoints: int = 2
+    log_every: int = 1
+
+    def sampler(self, seed: int) -> SamplerConfig:
+        return SamplerConfig(
+            batch_size=self.batch_size, alpha=self.alpha, mix=self.mix, language_policy=self.language_policy,
+            language_temperature=self.language_temperature, remainder=self.remainder, seed=seed,
+        )
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        t, m = self.train, self.model
+        self.train.sampler(self.run.seed).validate()
+        positive = {"train.epochs": t.epochs, "train.grad_accum": t.grad_accum, "train.checkpoint_every": t.checkpoint_every,
+                    "train.keep_checkpoints": t.keep_checkpoints, "train.log_every": t.log_every,
+                    "model.max_query_length": m.max_query_length, "model.max_passage_length": m.max_passage_length,
+                    "train.max_steps": t.max_steps or 1, "train.grad_cache_chunk": t.grad_cache_chunk or 1}
+        for key, value in positive.items():
+            if value < 1:
+                raise InputError(key, f"must be >= 1, got {value}")
+        for key, value in {"train.lr": t.lr, "train.temperature": t.temperature}.items():
+            if not value > 0:
+                raise InputError(key, f"must be > 0, got {value}")
+        if not 0 <= t.warmup_ratio < 1:
+            raise InputError("train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
+        if t.weight_decay < 0 or t.grad_clip < 0 or t.hard_negatives < 0:
+            raise InputError("train", "weight_decay, grad_clip and hard_negatives must be >= 0")
+        holdout = self.data.holdout_titles
+        if isinstance(holdout, float) and not 0 < holdout < 1:
+            raise InputError("data.holdout_titles", f"a fraction must be in (0, 1), got {holdout}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    """``value`` converted to ``hint`` (a dataclass, Literal, Optional, scalar), or an error naming ``key``."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise InputError(key, f"should be a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}")
+        return _build(hint, value, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise InputError(key, f"must be one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check(value, option, key)
+            except InputError as e:
+                errors.append(e.problem)
+        raise InputError(key, " or ".join(errors))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool) or hint is not bool and isinstance(value, bool) or not isinstance(value, hint):
+        raise InputError(key, f"should be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise InputError(prefix + unknown[0], f"unknown key (known here: {', '.join(hints)})")
+    return cls(**{name: _check(values[name], hints[name], prefix + name) for name in values})
+
+
+def _set_dotted(tree: dict, dotted: str, where: str) -> None:
+    key, eq, raw = dotted.partition("=")
+    if not eq or not key:
+        raise InputError(where, f"override {dotted!r} should look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(key, "is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The config from a YAML file (or the defaults) with ``section.key=value`` overrides applied."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(str(path), "no such config file")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise InputError(str(path), f"malformed YAML{at}") from None
+        if not isinstance(tree, dict):
+            raise InputError(str(path), "a config file should be a mapping of sections")
+    for dotted in overrides:
+        _set_dotted(tree, dotted, "override")
+    return _build(Config, tree).validate()
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")

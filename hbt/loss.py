@@ -1,0 +1,111 @@
+"""InfoNCE with in-batch negatives gathered across ranks, and GradCache.
+
+The gather follows OpenCLIP's ``ClipLoss(local_loss=True, gather_with_grad=True)``:
+each rank scores its own queries against the passages of *all* ranks, gathered with
+an autograd-aware all-gather (torch's ``all_gather_single_autograd``, the successor of
+``torch.distributed.nn.all_gather``) whose backward sums the gradients back to the rank
+that produced each passage. With the usual averaging of parameter gradients over ranks
+this gives exactly the gradient of the single-process loss over the whole contrastive
+batch (tests/test_loss.py checks it on 2 and 3 processes).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed._functional_collectives import all_gather_single_autograd
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``x`` concatenated in rank order; gradients flow back to their owners."""
+    _, world = _world()
+    return x if world == 1 else all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+
+
+class ContrastiveLoss:
+    """InfoNCE over the contrastive batch: query i's positive is passage i; every other
+    passage of every rank (and every hard negative) is a negative. ``symmetric`` adds
+    the passage -> query direction."""
+
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False):
+        self.temperature = temperature
+        self.symmetric = symmetric
+
+    def __call__(self, queries: torch.Tensor, passages: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+        rank, _ = _world()
+        local = queries.shape[0]
+        labels = torch.arange(local, device=queries.device) + rank * local
+        all_passages = gather_with_grad(passages)
+        candidates = all_passages if negatives is None else torch.cat([all_passages, gather_with_grad(negatives)])
+        loss = F.cross_entropy(queries @ candidates.T / self.temperature, labels)
+        if self.symmetric:
+            all_queries = gather_with_grad(queries)
+            loss = (loss + F.cross_entropy(passages @ all_queries.T / self.temperature, labels)) / 2
+        return loss
+
+
+def _cuda_devices() -> list[int]:
+    return [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+
+def _rng_state() -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(d) for d in _cuda_devices()]}
+
+
+@contextmanager
+def _replayed_rng(state: dict) -> Iterator[None]:
+    """Run with the RNG as it was in ``state`` (then put it back), so that re-encoding a
+    chunk with graph draws the same dropout masks as its first, gradient-free pass."""
+    devices = _cuda_devices()
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state["cpu"])
+        for d, s in zip(devices, state["cuda"]):
+            torch.cuda.set_rng_state(s, d)
+        yield
+
+
+Encode = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+Backward = Callable[[torch.Tensor, bool], None]
+
+
+def _chunks(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    n = batch["input_ids"].shape[0]
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def grad_cache_step(encode: Encode, backward: Backward, loss_fn: ContrastiveLoss, batch: dict, chunk: int) -> torch.Tensor:
+    """One contrastive batch with GradCache (Gao et al., 2021): embed every chunk without
+    a graph, take the loss and its gradient w.r.t. the embeddings, then re-embed chunk by
+    chunk with a graph and backpropagate the cached gradient. Memory grows with the chunk,
+    not the batch; gradients equal the plain step's. ``backward(surrogate, is_last)``
+    is the engine's backward (DeepSpeed needs to know which call ends the step)."""
+    parts = [name for name in ("query", "passage", "negatives") if name in batch]
+    chunked = {name: _chunks(batch[name], chunk) for name in parts}
+    states: dict[str, list[dict]] = {name: [] for name in parts}
+    embeddings = {}
+    with torch.no_grad():
+        for name in parts:
+            outs = []
+            for piece in chunked[name]:
+                states[name].append(_rng_state())
+                outs.append(encode(piece))
+            embeddings[name] = torch.cat(outs).requires_grad_()
+    loss = loss_fn(embeddings["query"], embeddings["passage"], embeddings.get("negatives"))
+    loss.backward()
+    pending = [(name, i) for name in parts for i in range(len(chunked[name]))]
+    for n, (name, i) in enumerate(pending):
+        grad = embeddings[name].grad[i * chunk:(i + 1) * chunk]
+        with _replayed_rng(states[name][i]):
+            surrogate = (encode(chunked[name][i]) * grad).sum()
+        backward(surrogate, n == len(pending) - 1)
+    return loss.detach()

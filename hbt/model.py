@@ -1,0 +1,127 @@
+"""The bi-encoder: one Hugging Face encoder shared by queries and passages.
+
+``BiEncoder.forward`` maps token ids to L2-normalised embeddings (mean or CLS
+pooling), so that the dot products the loss and FAISS use are cosine similarities.
+:func:`build_tiny` makes the offline preset (a small XLM-R-architecture encoder and a
+WordPiece tokenizer trained on the training corpus); :func:`export` writes a directory
+that both ``AutoModel`` and ``SentenceTransformer`` load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from hbt.errors import InputError
+
+Pooling = Literal["mean", "cls"]
+
+
+class BiEncoder(nn.Module):
+    def __init__(self, encoder: PreTrainedModel, pooling: Pooling = "mean"):
+        super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # never used: a parameter without gradients only confuses ZeRO
+        self.encoder = encoder
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return F.normalize(pooled.float(), dim=-1)
+
+
+def load_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """An encoder and its tokenizer from a local directory or a hub name."""
+    path = Path(name)
+    if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model")):
+        raise InputError(name, "model directory has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        try:
+            encoder = AutoModel.from_pretrained(name, add_pooling_layer=False)
+        except TypeError:  # architectures without a pooler do not take the argument
+            encoder = AutoModel.from_pretrained(name)
+    except OSError as e:
+        raise InputError(name, f"cannot load model ({str(e).splitlines()[0]})") from None
+    return encoder, tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer with XLM-R's special tokens, trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", cls_token="<s>", eos_token="</s>", sep_token="</s>",
+        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_max_length=model_max_length,
+    )
+
+
+def build_tiny(texts: Iterable[str], vocab_size: int, hidden_size: int, layers: int, heads: int,
+               intermediate_size: int, max_length: int, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """The offline preset: a randomly initialised (seeded) small XLM-R encoder and its tokenizer."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tokenizer = train_tokenizer(texts, vocab_size, max_length)
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=intermediate_size, max_position_embeddings=max_length + 2, type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = XLMRobertaModel(config, add_pooling_layer=False)
+    return encoder, tokenizer
+
+
+def export(model: BiEncoder, tokenizer: PreTrainedTokenizerBase, out: Path, query_prefix: str,
+           passage_prefix: str, max_length: int) -> None:
+    """A Hugging Face directory (``AutoModel``/``AutoTokenizer``) that is also a
+    sentence-transformers model: Transformer -> Pooling -> Normalize, with the query and
+    passage prefixes as its named prompts."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    hidden = model.encoder.config.hidden_size
+    files = {
+        "modules.json": [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+        "sentence_bert_config.json": {"max_seq_length": max_length, "do_lower_case": False},
+        "config_sentence_transformers.json": {
+            "prompts": {"query": query_prefix, "passage": passage_prefix}, "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+        "1_Pooling/config.json": {
+            "word_embedding_dimension": hidden,
+            "pooling_mode_cls_token": model.pooling == "cls",
+            "pooling_mode_mean_tokens": model.pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    }
+    for name, content in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(json.dumps(content, indent=2))
+    (out / "2_Normalize").mkdir(exist_ok=True)
