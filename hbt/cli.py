@@ -7,6 +7,7 @@ stderr and exit status 2, before any worker starts.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -46,6 +47,25 @@ def _data_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from hbt.config import load_config
+    from hbt.engine import EXIT_PREEMPTED, Diverged, Preempted
+    from hbt.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        run_dir = train(cfg, resume=args.resume)
+    except Preempted as e:
+        print(f"hbt: pre-empted; checkpoint {e} written, exit {EXIT_PREEMPTED} to requeue", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except Diverged as e:
+        print(f"hbt: error: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run directory: {run_dir.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -66,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--epochs", type=int, default=1)
     sample.add_argument("--show", type=int, default=5, help="print the first N batches of each epoch")
     sample.set_defaults(run=_data_sample)
+
+    train = commands.add_parser("train", help="fine-tune a bi-encoder with hybrid batches (1 to N ranks)",
+                                description="Train from a YAML config; overrides like train.alpha=0.5 follow it.")
+    train.add_argument("--config", default=None, help="experiment YAML (default: built-in tiny defaults)")
+    train.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint tag")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    train.set_defaults(run=_train)
     return parser
 
 

@@ -145,8 +145,11 @@ def _check(value: Any, hint: Any, key: str) -> Any:
             except InputError as e:
                 errors.append(e.problem)
         raise InputError(key, " or ".join(errors))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if hint is bool and not isinstance(value, bool) or hint is not bool and isinstance(value, bool) or not isinstance(value, hint):
         raise InputError(key, f"should be {hint.__name__}, got {type(value).__name__} {value!r}")
     return value

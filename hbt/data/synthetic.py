@@ -43,7 +43,7 @@ class SyntheticSpec:
     languages: int = 4
     seed: int = 0
     coverage: float = 1.0  # probability that an item exists in a given language
-    concepts: int = 3000
+    concepts: int = 1000
     topics: int = 40
     passage_words: int = 12
     query_words: int = 4

@@ -1,0 +1,188 @@
+"""The training engine: DeepSpeed around the bi-encoder, the hybrid sampler's batches,
+the cross-rank loss, checkpoints, pre-emption and NaN handling, and the monitor.
+
+The loop is deliberately plain: each contrastive batch is one DeepSpeed micro-step
+(``train.grad_accum`` of them make an optimizer step); GradCache, when on, replaces
+the forward/backward of a micro-step and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hbt.checkpoint import Checkpointer
+from hbt.config import Config, TrainConfig
+from hbt.data.tokenize import PairCollator, TokenizedCorpus
+from hbt.dist import DistEnv, all_max, all_mean
+from hbt.errors import InputError
+from hbt.loss import ContrastiveLoss, grad_cache_step
+from hbt.model import BiEncoder
+from hbt.monitor import Monitor
+from hbt.sampler import HybridBatchSampler
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; slurm/train.sh requeues on it
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived; the step finished and a checkpoint was written."""
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is untouched."""
+
+
+def use_bf16(precision: str) -> bool:
+    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def deepspeed_config(train: TrainConfig, per_rank: int, world_size: int, total_steps: int) -> dict:
+    """The DeepSpeed JSON (ZeRO stage and engine options) with hbt's batch, optimizer,
+    schedule and precision filled in from the experiment config, its single source."""
+    path = Path(train.deepspeed)
+    if not path.is_absolute() and not path.exists():  # the shipped configs, from any working directory
+        path = Path(__file__).resolve().parents[1] / path
+    try:
+        ds = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError("train.deepspeed", f"no such file {path}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(str(path), f"malformed JSON at line {e.lineno}: {e.msg}") from None
+    warmup = math.floor(train.warmup_ratio * total_steps)
+    ds.update({
+        "train_micro_batch_size_per_gpu": per_rank,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": per_rank * world_size * train.grad_accum,
+        "gradient_clipping": train.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay,
+                                                  "betas": [0.9, 0.999], "eps": 1e-8}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {
+            "total_num_steps": max(total_steps, warmup + 1), "warmup_min_lr": 0.0, "warmup_max_lr": train.lr,
+            "warmup_num_steps": warmup, "warmup_type": "linear"}},
+        "bf16": {"enabled": use_bf16(train.precision)},
+        "steps_per_print": 10**9,
+    })
+    ds.setdefault("zero_optimization", {"stage": 0})
+    return ds
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # contrastive batches done
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "micro": self.micro}
+
+
+class Engine:
+    def __init__(self, cfg: Config, env: DistEnv, model: BiEncoder, data: TokenizedCorpus,
+                 sampler: HybridBatchSampler, run_dir: Path):
+        import deepspeed
+
+        self.cfg, self.env, self.data, self.sampler, self.run_dir = cfg, env, data, sampler, run_dir
+        t = cfg.train
+        self.epoch_lengths = [len(sampler.plan(e)) for e in range(t.epochs)]
+        self.total_steps = sum(self.epoch_lengths) // t.grad_accum
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        self.ds_config = deepspeed_config(t, sampler.per_rank, env.world_size, self.total_steps)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=self.ds_config)
+        self.collate = PairCollator(pad_id=data.tokenizer.pad_token_id, hard_negatives=t.hard_negatives)
+        self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric)
+        self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
+        self.state = TrainState()
+        self._signal: int | None = None
+
+    @property
+    def module(self) -> BiEncoder:
+        return self.engine.module
+
+    # -- resume -------------------------------------------------------------------------
+    def resume(self, tag: str) -> None:
+        client = self.checkpointer.load(self.engine, tag)
+        self.sampler.load_state_dict(client["sampler"])
+        self.state = TrainState(**client["state"])
+
+    def save(self) -> str:
+        client = {"state": self.state.to_dict(), "sampler": self.sampler.state_dict(), "config": self.cfg.to_dict()}
+        return self.checkpointer.save(self.engine, self.state.step, client)
+
+    # -- one contrastive batch --------------------------------------------------------------
+    def _encode(self, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.engine(**{k: v.to(self.engine.device, non_blocking=True) for k, v in part.items()})
+
+    def _micro_step(self, batch: dict) -> torch.Tensor:
+        """Forward + backward of one contrastive batch; returns this rank's loss."""
+        chunk = self.cfg.train.grad_cache_chunk
+        if chunk:
+            boundary = (self.state.micro + 1) % self.cfg.train.grad_accum == 0
+
+            def backward(surrogate: torch.Tensor, last: bool) -> None:
+                self.engine.set_gradient_accumulation_boundary(last and boundary)
+                self.engine.backward(surrogate)
+
+            return grad_cache_step(self._encode, backward, self.loss_fn, batch, chunk)
+        negatives = self._encode(batch["negatives"]) if "negatives" in batch else None
+        loss = self.loss_fn(self._encode(batch["query"]), self._encode(batch["passage"]), negatives)
+        self.engine.backward(loss)
+        return loss.detach()
+
+    # -- the loop -----------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame) -> None:
+        self._signal = signum
+
+    def fit(self, on_epoch_end: Callable[[int], None] | None = None) -> TrainState:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        t = self.cfg.train
+        monitor = Monitor(self.run_dir, self.total_steps, self.state.step, enabled=self.env.is_main)
+        self.engine.train()
+        try:
+            while self.state.step < self.total_steps and self.sampler.epoch < t.epochs:
+                epoch = self.sampler.epoch
+                tick = time.perf_counter()
+                for keys in self.sampler:
+                    batch = self.collate([self.data[k] for k in keys])
+                    loss = self._micro_step(batch)
+                    stop, bad = all_max([float(self._signal is not None), float(not torch.isfinite(loss).item())])
+                    if bad:
+                        latest = self.checkpointer.latest()
+                        raise Diverged(f"loss is not finite at step {self.state.step + 1} (epoch {epoch}); "
+                                       f"the last good checkpoint is {latest or 'none'} in {self.checkpointer.root}")
+                    self.engine.step()
+                    self.state.micro += 1
+                    if self.state.micro % t.grad_accum:
+                        continue
+                    self.state.step += 1
+                    now = time.perf_counter()
+                    global_batch = self.sampler.plan()[self.sampler.cursor - 1]
+                    kind = global_batch.kind if global_batch.kind == "cross" else f"mono/{global_batch.pairs[0][1]}"
+                    monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(loss),
+                                  "lr": self.engine.get_lr()[0], "samples_per_s": t.batch_size * t.grad_accum / (now - tick),
+                                  "batch": kind})
+                    tick = now
+                    if stop:
+                        tag = self.save()
+                        monitor.event(f"signal received: checkpoint {tag} written, exiting for requeue")
+                        raise Preempted(tag)
+                    if self.state.step % t.checkpoint_every == 0:
+                        self.save()
+                    if self.state.step >= self.total_steps:
+                        break
+                if self.sampler.cursor >= len(self.sampler):
+                    self.sampler.set_epoch(epoch + 1)
+                    if on_epoch_end is not None:
+                        on_epoch_end(epoch)
+            if self.checkpointer.latest() != f"step-{self.state.step:08d}":
+                self.save()
+        finally:
+            monitor.close()
+        return self.state

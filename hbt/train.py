@@ -1,0 +1,115 @@
+"""``hbt train``: config -> data -> sampler -> model -> engine -> export, on 1 to N ranks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from hbt import dist as hdist
+from hbt.config import Config, save_config
+from hbt.data import Corpus, holdout_titles, load_corpus, split_by_title
+from hbt.data.tokenize import TextSpec, TokenizedCorpus
+from hbt.errors import InputError
+from hbt.model import BiEncoder, build_tiny, export, load_pretrained
+from hbt.sampler import HybridBatchSampler, LanguageIndex
+
+
+def split_data(cfg: Config) -> tuple[Corpus, Corpus | None]:
+    """The training corpus and, with ``data.holdout_titles``, its held-out part."""
+    corpus = load_corpus(cfg.data.train)
+    if cfg.data.holdout_titles is None:
+        return corpus, None
+    held = holdout_titles(corpus, cfg.data.holdout_titles, seed=cfg.run.seed)
+    return split_by_title(corpus, held)
+
+
+def _set_threads(world_size: int) -> None:
+    """Share the CPU cores between the ranks of this node unless the user said otherwise."""
+    if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def build_model(cfg: Config, corpus: Corpus, run_dir: Path, env: hdist.DistEnv):
+    """The encoder and tokenizer. The tiny preset is built once, by rank 0, and saved
+    with the run (``init/``), so every rank and every resume starts from the same one."""
+    m = cfg.model
+    if m.name != "tiny":
+        return load_pretrained(m.name)
+    init = run_dir / "init"
+    if env.is_main and not (init / "config.json").exists():
+        texts = (text for item in corpus.items for p in item.pairs.values() for text in (p.query, p.passage))
+        encoder, tokenizer = build_tiny(texts, m.tiny.vocab_size, m.tiny.hidden_size, m.tiny.layers, m.tiny.heads,
+                                        m.tiny.intermediate_size, max(m.max_query_length, m.max_passage_length), cfg.run.seed)
+        encoder.save_pretrained(init)
+        tokenizer.save_pretrained(init)
+    hdist.barrier()
+    return load_pretrained(str(init))
+
+
+def _quiet_libraries() -> None:
+    """hbt draws its own progress; the libraries' per-file bars would bury it."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+
+
+def train(cfg: Config, resume: str = "auto") -> Path:
+    _quiet_libraries()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    env = hdist.init()
+    _set_threads(env.world_size)
+    torch.manual_seed(cfg.run.seed)
+    run_dir = Path(cfg.run.dir)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    train_corpus, _held_out = split_data(cfg)
+    encoder, tokenizer = build_model(cfg, train_corpus, run_dir, env)
+    m = cfg.model
+    spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
+    if cfg.train.hard_negatives and any(not p.negatives for item in train_corpus.items for p in item.pairs.values()):
+        raise InputError("train.hard_negatives", f"{cfg.data.train} has pairs without hard negatives")
+    if env.is_main:  # rank 0 tokenises and fills the cache; the others then read it
+        data = TokenizedCorpus(train_corpus, tokenizer, spec, cfg.data.cache_dir)
+    hdist.barrier()
+    if not env.is_main:
+        data = TokenizedCorpus(train_corpus, tokenizer, spec, cfg.data.cache_dir)
+
+    sampler = HybridBatchSampler(LanguageIndex.from_corpus(train_corpus), cfg.train.sampler(cfg.run.seed),
+                                 world_size=env.world_size, rank=env.rank)
+    from hbt.engine import Engine  # imports deepspeed: after the cheap checks above
+
+    engine = Engine(cfg, env, BiEncoder(encoder, m.pooling), data, sampler, run_dir)
+    latest = engine.checkpointer.latest()
+    if resume == "never" and latest:
+        raise InputError("--resume", f"{run_dir} already has checkpoint {latest}; use --resume auto or another run.dir")
+    tag = latest if resume == "auto" else None if resume == "never" else resume
+    if tag:
+        engine.resume(tag)
+        if env.is_main:
+            print(f"resumed from {run_dir / 'checkpoints' / tag} at step {engine.state.step}", file=sys.stderr)
+    engine.fit()
+    export_model(engine, tokenizer, run_dir / "model", env)
+    return run_dir
+
+
+def export_model(engine, tokenizer, out: Path, env: hdist.DistEnv) -> None:
+    """Write the trained model (gathering ZeRO-3 shards first) as an HF/ST directory."""
+    import deepspeed
+
+    module: BiEncoder = engine.module
+    m = engine.cfg.model
+    params = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=engine.ds_config["zero_optimization"].get("stage", 0) == 3):
+        if env.is_main:
+            export(module, tokenizer, out, m.query_prefix, m.passage_prefix, max(m.max_query_length, m.max_passage_length))
+    hdist.barrier()
