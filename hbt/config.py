@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 
@@ -54,6 +54,7 @@ class ModelConfig:
     passage_prefix: str = ""
     max_query_length: int = 32
     max_passage_length: int = 64
+    dropout: float | None = None  # override the encoder's hidden/attention dropout (tiny: 0.1)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
@@ -113,6 +114,9 @@ class Config:
             raise InputError("train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
         if t.weight_decay < 0 or t.grad_clip < 0 or t.hard_negatives < 0:
             raise InputError("train", "weight_decay, grad_clip and hard_negatives must be >= 0")
+        if m.dropout is not None and not 0 <= m.dropout < 1:
+            raise InputError("model.dropout", f"must be in [0, 1), got {m.dropout}")
+        self.train.deepspeed = str(shipped_path(self.train.deepspeed, "train.deepspeed"))
         holdout = self.data.holdout_titles
         if isinstance(holdout, float) and not 0 < holdout < 1:
             raise InputError("data.holdout_titles", f"a fraction must be in (0, 1), got {holdout}")
@@ -120,6 +124,16 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def shipped_path(path: str, key: str) -> Path:
+    """``path`` as given if it exists, else inside the hbt source tree (where the shipped
+    ``configs/`` live), so the default configs work from any working directory."""
+    given = Path(path)
+    for candidate in (given, Path(__file__).resolve().parents[1] / given):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise InputError(key, f"no such file {path}")
 
 
 def _check(value: Any, hint: Any, key: str) -> Any:
@@ -180,21 +194,38 @@ def _set_dotted(tree: dict, dotted: str, where: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML file as a dict; ``extends: other.yaml`` (relative to this file) is read
+    first and this file's keys are merged over it, so a baseline config states only
+    what differs from the config it extends."""
+    if not path.is_file():
+        raise InputError(str(path), "no such config file")
+    if path.resolve() in seen:
+        raise InputError(str(path), "extends itself")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(str(path), f"malformed YAML{at}") from None
+    if not isinstance(tree, dict):
+        raise InputError(str(path), "a config file should be a mapping of sections")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    return _merge(_read_tree(path.parent / str(parent), (*seen, path.resolve())), tree)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """The config from a YAML file (or the defaults) with ``section.key=value`` overrides applied."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(str(path), "no such config file")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            raise InputError(str(path), f"malformed YAML{at}") from None
-        if not isinstance(tree, dict):
-            raise InputError(str(path), "a config file should be a mapping of sections")
+    tree = _read_tree(Path(path)) if path is not None else {}
     for dotted in overrides:
         _set_dotted(tree, dotted, "override")
     return _build(Config, tree).validate()

@@ -46,16 +46,12 @@ def use_bf16(precision: str) -> bool:
 def deepspeed_config(train: TrainConfig, per_rank: int, world_size: int, total_steps: int) -> dict:
     """The DeepSpeed JSON (ZeRO stage and engine options) with hbt's batch, optimizer,
     schedule and precision filled in from the experiment config, its single source."""
-    path = Path(train.deepspeed)
-    if not path.is_absolute() and not path.exists():  # the shipped configs, from any working directory
-        path = Path(__file__).resolve().parents[1] / path
+    path = Path(train.deepspeed)  # resolved and checked by Config.validate
     try:
         ds = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("train.deepspeed", f"no such file {path}") from None
     except json.JSONDecodeError as e:
         raise InputError(str(path), f"malformed JSON at line {e.lineno}: {e.msg}") from None
-    warmup = math.floor(train.warmup_ratio * total_steps)
+    warmup = max(1, math.floor(train.warmup_ratio * total_steps))  # DeepSpeed needs >= 1
     ds.update({
         "train_micro_batch_size_per_gpu": per_rank,
         "gradient_accumulation_steps": train.grad_accum,

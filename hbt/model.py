@@ -41,32 +41,55 @@ class BiEncoder(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
 
-def load_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """An encoder and its tokenizer from a local directory or a hub name."""
+def load_pretrained(name: str, dropout: float | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """An encoder and its tokenizer from a local directory or a hub name; ``dropout``
+    replaces the hidden and attention dropout of BERT-family configs."""
     path = Path(name)
     if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model")):
         raise InputError(name, "model directory has no tokenizer (tokenizer.json / tokenizer_config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
+        kwargs = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
         try:
-            encoder = AutoModel.from_pretrained(name, add_pooling_layer=False)
+            encoder = AutoModel.from_pretrained(name, add_pooling_layer=False, **kwargs)
         except TypeError:  # architectures without a pooler do not take the argument
-            encoder = AutoModel.from_pretrained(name)
+            encoder = AutoModel.from_pretrained(name, **kwargs)
     except OSError as e:
         raise InputError(name, f"cannot load model ({str(e).splitlines()[0]})") from None
     return encoder, tokenizer
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
-    """A WordPiece tokenizer with XLM-R's special tokens, trained on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer with XLM-R's special tokens and a vocabulary drawn from ``texts``.
 
+    The vocabulary is chosen here, not by ``tokenizers``' trainer, because that trainer
+    breaks frequency ties differently from run to run, and a seed must fix the run: the
+    most frequent characters (each also as a ``##`` continuation, at most half the
+    vocabulary), then the most frequent whole words, ties broken alphabetically. Words
+    outside it are split by WordPiece's longest match, down to characters.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer, splitter = normalizers.NFKC(), pre_tokenizers.Whitespace()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars: Counter[str] = Counter()
+    for word, n in words.items():
+        for c in word:
+            chars[c] += n
+    by_count = lambda counter: [k for k, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]  # noqa: E731
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+    kept_chars = by_count(chars)[: max(1, (vocab_size - len(specials)) // 4)]
+    vocab = dict.fromkeys(specials + kept_chars + ["##" + c for c in kept_chars])
+    for word in by_count(words):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word)
+    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(vocab)}, unk_token="<unk>"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, splitter, decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
     )

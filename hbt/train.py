@@ -38,7 +38,7 @@ def build_model(cfg: Config, corpus: Corpus, run_dir: Path, env: hdist.DistEnv):
     with the run (``init/``), so every rank and every resume starts from the same one."""
     m = cfg.model
     if m.name != "tiny":
-        return load_pretrained(m.name)
+        return load_pretrained(m.name, m.dropout)
     init = run_dir / "init"
     if env.is_main and not (init / "config.json").exists():
         texts = (text for item in corpus.items for p in item.pairs.values() for text in (p.query, p.passage))
@@ -47,7 +47,7 @@ def build_model(cfg: Config, corpus: Corpus, run_dir: Path, env: hdist.DistEnv):
         encoder.save_pretrained(init)
         tokenizer.save_pretrained(init)
     hdist.barrier()
-    return load_pretrained(str(init))
+    return load_pretrained(str(init), m.dropout)
 
 
 def _quiet_libraries() -> None:
@@ -66,7 +66,6 @@ def train(cfg: Config, resume: str = "auto") -> Path:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     env = hdist.init()
     _set_threads(env.world_size)
-    torch.manual_seed(cfg.run.seed)
     run_dir = Path(cfg.run.dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +86,8 @@ def train(cfg: Config, resume: str = "auto") -> Path:
     sampler = HybridBatchSampler(LanguageIndex.from_corpus(train_corpus), cfg.train.sampler(cfg.run.seed),
                                  world_size=env.world_size, rank=env.rank)
     from hbt.engine import Engine  # imports deepspeed: after the cheap checks above
+
+    torch.manual_seed(cfg.run.seed + env.rank)  # dropout: independent masks per rank, fixed by the seed
 
     engine = Engine(cfg, env, BiEncoder(encoder, m.pooling), data, sampler, run_dir)
     latest = engine.checkpointer.latest()

@@ -1,9 +1,9 @@
 """Tokenisation with an Arrow cache (Hugging Face ``datasets``), and the training collator.
 
 Every (item, language) of a corpus is one row: its query, positive passage and hard
-negatives, tokenised once with ``Dataset.map(batched=True)`` into a cache file named by
-what determines its content (corpus fingerprint, tokenizer, prefixes, lengths). A
-second run, or every other rank, loads the file instead of tokenising again.
+negatives, tokenised once with ``Dataset.map(batched=True)`` into an Arrow file named
+by what determines its content (corpus fingerprint, tokenizer, prefixes, lengths). A
+second run, or every other rank, memory-maps that file instead of tokenising again.
 """
 
 from __future__ import annotations
@@ -32,9 +32,16 @@ class TextSpec:
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what the tokenizer does; not of its current truncation/padding settings,
+    which every call with ``truncation=True`` rewrites (those are in :class:`TextSpec`)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:
+        state = tokenizer.get_vocab()
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class TokenizedCorpus:
@@ -47,14 +54,18 @@ class TokenizedCorpus:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         rows = [(n, lang, pair) for n, item in enumerate(corpus.items) for lang, pair in sorted(item.pairs.items())]
         self.row_of: dict[tuple[int, str], int] = {(n, lang): r for r, (n, lang, _) in enumerate(rows)}
+        if self.cache_file.exists():
+            self.table = datasets.Dataset.from_file(str(self.cache_file))
+            return
         raw = datasets.Dataset.from_dict({
             "query": [spec.query_prefix + p.query for _, _, p in rows],
             "passage": [spec.passage_prefix + p.passage for _, _, p in rows],
             "negatives": [[spec.passage_prefix + n for n in p.negatives] for _, _, p in rows],
         })
+        # map() writes to a temporary file and renames it: a reader never sees half a cache.
         self.table = raw.map(
             self._tokenize, batched=True, batch_size=1000, remove_columns=raw.column_names,
-            cache_file_name=str(self.cache_file), load_from_cache_file=True, desc="tokenising",
+            cache_file_name=str(self.cache_file), desc="tokenising",
         )
 
     def _tokenize(self, batch: dict) -> dict:

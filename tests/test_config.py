@@ -1,0 +1,70 @@
+"""Config loading (extends, overrides, validation) and launcher environment detection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hbt.config import load_config
+from hbt.dist import detect, first_host
+from hbt.errors import InputError
+from tests.conftest import ROOT
+
+
+def test_shipped_configs_load_and_baselines_differ_only_in_alpha() -> None:
+    hybrid = load_config(ROOT / "configs/xlmr-base-hybrid.yaml")
+    for name, alpha in (("xlmr-base-mono", 1.0), ("xlmr-base-cross", 0.0)):
+        cfg = load_config(ROOT / f"configs/{name}.yaml")
+        assert cfg.train.alpha == alpha and cfg.run.dir == f"runs/{name}"
+        assert cfg.model == hybrid.model and cfg.data == hybrid.data
+    labse = load_config(ROOT / "configs/labse-mono.yaml")
+    assert labse.model.pooling == "cls" and labse.train.alpha == 1.0 and labse.train.lr == hybrid.train.lr
+
+
+def test_overrides_are_typed_yaml_values() -> None:
+    cfg = load_config(ROOT / "configs/tiny.yaml", ["train.alpha=0.25", "train.lr=1e-3", "data.holdout_titles=Warsaw,Normans",
+                                                   "train.symmetric=true", "model.tiny.layers=3"])
+    assert cfg.train.alpha == 0.25 and cfg.train.lr == 0.001 and cfg.train.symmetric is True
+    assert cfg.data.holdout_titles == "Warsaw,Normans" and cfg.model.tiny.layers == 3
+    assert Path(cfg.train.deepspeed).is_absolute() and Path(cfg.train.deepspeed).is_file()
+
+
+@pytest.mark.parametrize("override,where", [
+    ("train.nope=1", "train.nope"), ("model.tiny.layers=two", "model.tiny.layers"), ("train.symmetric=3", "train.symmetric"),
+    ("train.mix=sometimes", "train.mix"), ("train.warmup_ratio=1", "train.warmup_ratio"), ("model.dropout=1.5", "model.dropout"),
+    ("train=3", "train"), ("alpha", "override"),
+])
+def test_bad_overrides_name_the_key(override: str, where: str) -> None:
+    with pytest.raises(InputError) as e:
+        load_config(ROOT / "configs/tiny.yaml", [override])
+    assert e.value.where == where
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  alpha: [1,\n")
+    with pytest.raises(InputError, match="malformed YAML"):
+        load_config(bad)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(InputError, match="extends itself"):
+        load_config(loop)
+
+
+def test_detect_torchrun_slurm_and_single() -> None:
+    env = detect({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port, env.launcher) == (3, 4, 1, "n1", 1234, "torchrun")
+    slurm = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "77",
+             "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2"}
+    env = detect(slurm)
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.launcher) == (1, 2, 1, "localhost", "slurm")
+    assert env.master_port == 20077
+    batch_shell = {k: v for k, v in slurm.items() if k != "SLURM_STEP_NUM_TASKS"}  # sbatch script, no srun
+    assert detect(batch_shell).launcher == "single"
+    assert detect({}).world_size == 1
+
+
+def test_first_host_of_a_nodelist() -> None:
+    assert first_host("gpu[03-05,9],cpu1") == "gpu03"
+    assert first_host("node7") == "node7"

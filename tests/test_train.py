@@ -1,0 +1,181 @@
+"""``hbt train`` end to end, as users run it: one process, torchrun with 2 ranks under
+every ZeRO stage, GradCache, exact resume after SIGKILL, pre-emption by SIGUSR1, a
+diverging loss, the export, and config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_hbt
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["data.train=synthetic:items=600,languages=3,seed=1", "train.batch_size=16", "train.epochs=1",
+         "train.checkpoint_every=1000", "model.tiny.vocab_size=2000"]
+
+
+def overrides(tmp: Path, name: str, *extra: str) -> list[str]:
+    return ["--config", "configs/tiny.yaml", f"run.dir={tmp / name}", f"data.cache_dir={tmp / 'cache'}", *SMALL, *extra]
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "hbt", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Per-step loss; a step logged twice (re-done after a resume) keeps its last value."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out[record["step"]] = record["loss"]
+    return out
+
+
+def ok(out: subprocess.CompletedProcess) -> None:
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("single")
+    ok(run_hbt("train", *overrides(tmp, "run", "model.dropout=0.0", "train.max_steps=12")))
+    return tmp / "run"
+
+
+def test_single_process_run_directory(single_run: Path) -> None:
+    assert (single_run / "config.yaml").exists() and (single_run / "init" / "tokenizer.json").exists()
+    assert (single_run / "checkpoints" / "latest").read_text() == "step-00000012"
+    records = [json.loads(line) for line in (single_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 13))
+    last = records[-1]
+    assert {"loss", "lr", "samples_per_s", "batch", "mix", "epoch"} <= set(last)
+    assert abs(sum(last["mix"].values()) - 1) < 1e-3 and "cross" in last["mix"]
+    assert any((single_run / "tensorboard").iterdir())
+
+
+def test_export_loads_in_sentence_transformers_with_the_same_vectors(single_run: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    from hbt.data.tokenize import pad
+    from hbt.model import BiEncoder
+
+    path = single_run / "model"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ours = BiEncoder(AutoModel.from_pretrained(path), "mean").eval()
+    texts = ["ab cd ef", "αβ γδ", "один два три четыре пять шесть"]
+    with torch.no_grad():
+        batch = pad(tokenizer(texts, truncation=True, max_length=32)["input_ids"], tokenizer.pad_token_id)
+        mine = ours(**batch).numpy()
+    st = SentenceTransformer(str(path), device="cpu").encode(texts, prompt_name="query")
+    assert np.abs(mine - st).max() < 1e-5
+
+
+def test_two_ranks_under_every_zero_stage_match_one_process(tmp_path: Path, single_run: Path) -> None:
+    """The same global batches and an exact cross-rank loss: 2 ranks train like 1."""
+    reference = losses(single_run)
+    for stage in (0, 1, 2, 3):
+        out = torchrun(2, "train", *overrides(tmp_path, f"z{stage}", "model.dropout=0.0", "train.max_steps=12",
+                                              f"train.deepspeed=configs/deepspeed/zero{stage}.json"))
+        ok(out)
+        got = losses(tmp_path / f"z{stage}")
+        assert got.keys() == reference.keys()
+        diff = max(abs(got[s] - reference[s]) for s in reference)
+        assert diff < 1e-4, (stage, diff)
+        assert (tmp_path / f"z{stage}" / "model" / "model.safetensors").exists()
+
+
+def test_grad_cache_trains_like_the_plain_step(tmp_path: Path, single_run: Path) -> None:
+    out = torchrun(2, "train", *overrides(tmp_path, "gc", "model.dropout=0.0", "train.max_steps=12",
+                                          "train.grad_cache_chunk=3", "train.deepspeed=configs/deepspeed/zero2.json"))
+    ok(out)
+    got, reference = losses(tmp_path / "gc"), losses(single_run)
+    assert max(abs(got[s] - reference[s]) for s in reference) < 1e-4
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
+    args = overrides(tmp_path, "full", "train.checkpoint_every=4")
+    ok(run_hbt("train", *args))
+    full = losses(tmp_path / "full")
+
+    args = overrides(tmp_path, "killed", "train.checkpoint_every=4")
+    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    pointer = tmp_path / "killed" / "checkpoints" / "latest"
+    wait_for(pointer.exists, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(losses(tmp_path / "killed"))
+    assert killed_at < max(full), "the run finished before it was killed"
+    ok(run_hbt("train", *args))  # --resume auto is the default
+    resumed = losses(tmp_path / "killed")
+    assert resumed.keys() == full.keys()
+    assert max(abs(resumed[s] - full[s]) for s in full) <= 1e-6
+
+
+def test_sigusr1_checkpoints_exits_for_requeue_and_resumes(tmp_path: Path) -> None:
+    args = overrides(tmp_path, "pre")
+    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "pre" / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, proc)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    tag = (tmp_path / "pre" / "checkpoints" / "latest").read_text()
+    stopped = max(losses(tmp_path / "pre"))
+    assert tag == f"step-{stopped:08d}" and "pre-empted" in err
+    out = run_hbt("train", *args)
+    ok(out)
+    assert "resumed from" in out.stderr and max(losses(tmp_path / "pre")) == steps_per_epoch(args)
+
+
+def steps_per_epoch(args: list[str]) -> int:
+    from hbt.config import load_config
+    from hbt.sampler import HybridBatchSampler, LanguageIndex
+    from hbt.train import split_data
+
+    cfg = load_config(args[1], args[2:])
+    train, _ = split_data(cfg)
+    return len(HybridBatchSampler(LanguageIndex.from_corpus(train), cfg.train.sampler(cfg.run.seed)))
+
+
+def test_diverging_loss_stops_with_the_last_good_checkpoint(tmp_path: Path) -> None:
+    out = run_hbt("train", *overrides(tmp_path, "nan", "train.lr=1e30", "train.grad_clip=0", "train.checkpoint_every=1", "train.warmup_ratio=0"))
+    assert out.returncode == 1, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert "loss is not finite" in line and "last good checkpoint is step-" in line
+    tag = (tmp_path / "nan" / "checkpoints" / "latest").read_text()
+    good = losses(tmp_path / "nan")
+    assert tag == f"step-{max(good):08d}" and all(np.isfinite(v) for v in good.values())
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.alpa=0.5", "train.alpa: unknown key"),
+    ("train.alpha=lots", "train.alpha: should be float"),
+    ("train.alpha=1.5", "train.alpha: must be in [0, 1]"),
+    ("train.batch_size=0", "train.batch_size: must be a positive integer"),
+    ("train.deepspeed=nope.json", "train.deepspeed: no such file"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path: Path, override: str, needle: str) -> None:
+    out = run_hbt("train", *overrides(tmp_path, "bad", override))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [f"hbt: error: {needle}" + out.stderr.strip().split(needle, 1)[1]]
+    assert "Traceback" not in out.stderr
