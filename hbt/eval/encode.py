@@ -1,0 +1,56 @@
+"""Encoding this rank's share of a list of texts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from hbt.data.tokenize import pad
+from hbt.model import BiEncoder
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous [start, end) of rank ``rank``: every index exactly once, sizes differ by at most 1."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_objects(obj):
+    """Every rank's ``obj``, in rank order (a list of one off-distributed)."""
+    rank, size = world()
+    if size == 1:
+        return [obj]
+    out = [None] * size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def encode(model: BiEncoder, tokenizer, texts: list[str], max_length: int, batch_size: int = 128,
+           desc: str | None = None) -> np.ndarray:
+    """L2-normalised float32 embeddings of ``texts`` (prefixes already applied), in order.
+    Texts are encoded shortest first so that each batch pads little."""
+    device = next(model.parameters()).device
+    dim = model.encoder.config.hidden_size
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    if not texts:
+        return out
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
+        rows = order[start:start + batch_size]
+        batch = pad([ids[i] for i in rows], tokenizer.pad_token_id)
+        out[rows] = model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+    model.train(was_training)
+    return out

@@ -1,0 +1,162 @@
+"""One evaluation: every rank encodes its share, then monolingual (X -> X), cross-lingual
+(X -> Y) and multilingual (X -> pool of all languages) retrieval, metrics and bias.
+
+Candidates get global ids in language order; rank r keeps the contiguous shard
+``shard_bounds``. Query embeddings are gathered to every rank; candidate embeddings never
+leave their rank: each rank contributes FAISS top-k lists and, for every relevant
+candidate, the count of its own candidates that score above it (exact ranks, summed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from hbt.data.corpus import RetrievalSet
+from hbt.data.tokenize import TextSpec
+from hbt.errors import InputError
+from hbt.eval.bias import language_bias
+from hbt.eval.encode import encode, gather_objects, shard_bounds, world
+from hbt.eval.metrics import metrics_from_ranks
+from hbt.eval.search import IndexKind, build_index, count_above, local_topk, merge_topk
+
+SETTINGS = ("mono", "cross", "multi")
+
+
+@dataclass
+class Layout:
+    """Global numbering of queries and candidates, and relevance as candidate ids."""
+
+    query_langs: list[str]
+    cand_langs: list[str]
+    query_texts: list[str]
+    query_lang: np.ndarray  # language index per query
+    query_ids: list[str]
+    cand_texts: list[str]
+    cand_lang: np.ndarray
+    cand_ids: list[str]
+    relevant: np.ndarray  # (queries x R) global candidate ids, -1 pads
+
+    @classmethod
+    def of(cls, rs: RetrievalSet, spec: TextSpec) -> "Layout":
+        for kind, table in (("queries", rs.queries), ("candidates", rs.candidates)):
+            for lang, rows in table.items():
+                if not rows:
+                    raise InputError(f"language '{lang}'", f"has no {kind}")
+        if not rs.queries or not rs.candidates:
+            raise InputError("evaluation data", "needs queries and candidates")
+        qlangs, clangs = sorted(rs.queries), sorted(rs.candidates)
+        cands = [(ci, c) for ci, lang in enumerate(clangs) for c in rs.candidates[lang]]
+        by_item: dict[str, list[int]] = defaultdict(list)
+        for gid, (_, c) in enumerate(cands):
+            for item in c.item_ids:
+                by_item[item].append(gid)
+        queries = [(qi, q) for qi, lang in enumerate(qlangs) for q in rs.queries[lang]]
+        width = max([len(by_item[q.item_id]) for _, q in queries] + [1])
+        relevant = np.full((len(queries), width), -1, dtype=np.int64)
+        for row, (_, q) in enumerate(queries):
+            ids = by_item[q.item_id]
+            relevant[row, : len(ids)] = ids
+        return cls(
+            qlangs, clangs,
+            [spec.query_prefix + q.text for _, q in queries], np.array([qi for qi, _ in queries]), [q.id for _, q in queries],
+            [spec.passage_prefix + c.text for _, c in cands], np.array([ci for ci, _ in cands]), [c.id for _, c in cands],
+            relevant,
+        )
+
+
+def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, settings: tuple[str, ...] = SETTINGS,
+             k: int = 100, index: IndexKind = "flat", batch_size: int = 128, progress: bool = True) -> dict:
+    """Metrics per setting and language (pair), their means, language bias, timings, and
+    the multilingual top-k lists (for run files)."""
+    rank, size = world()
+    layout = Layout.of(rs, spec)
+    show = progress and rank == 0
+    timings: dict[str, float] = {}
+
+    tick = time.perf_counter()
+    qa, qb = shard_bounds(len(layout.query_texts), rank, size)
+    ca, cb = shard_bounds(len(layout.cand_texts), rank, size)
+    q_local = encode(model, tokenizer, layout.query_texts[qa:qb], spec.max_query_length, batch_size, "encode queries" if show else None)
+    c_emb = encode(model, tokenizer, layout.cand_texts[ca:cb], spec.max_passage_length, batch_size, "encode candidates" if show else None)
+    q_emb = np.concatenate(gather_objects(q_local))
+    timings["encode_s"] = time.perf_counter() - tick
+    if q_emb.shape[1] != c_emb.shape[1]:
+        raise InputError("model", f"query embeddings have {q_emb.shape[1]} dimensions, candidates {c_emb.shape[1]}")
+
+    c_ids = np.arange(ca, cb)
+    c_lang = layout.cand_lang[ca:cb]
+    n_clang = len(layout.cand_langs)
+    # Scores of every query with its own relevant candidates, from the rank that holds them.
+    owned = (layout.relevant >= ca) & (layout.relevant < cb)
+    q64, c64 = q_emb.astype(np.float64), c_emb.astype(np.float64)
+    thresholds = np.zeros(layout.relevant.shape)
+    qi, ri = np.nonzero(owned)
+    for lo in range(0, len(qi), 65536):  # chunks keep the gathered pairs small
+        q, r = qi[lo:lo + 65536], ri[lo:lo + 65536]
+        thresholds[q, r] = np.einsum("nd,nd->n", q64[q], c64[layout.relevant[q, r] - ca])
+    thresholds = np.sum(gather_objects(thresholds), axis=0)
+
+    tick = time.perf_counter()
+    counts = np.zeros(layout.relevant.shape + (n_clang,), dtype=np.int64)  # candidates above, per pool language
+    topk_parts: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    search_s = 0.0
+    for y in range(n_clang):
+        cols = np.flatnonzero(c_lang == y)
+        t0 = time.perf_counter()
+        faiss_index = build_index(c_emb[cols], index) if len(cols) else None
+        search_s += time.perf_counter() - t0
+        for x in range(len(layout.query_langs)):
+            rows = np.flatnonzero(layout.query_lang == x)
+            counts[rows, :, y] = count_above(q64[rows] @ c64[cols].T, c_ids[cols], thresholds[rows], layout.relevant[rows])
+            t0 = time.perf_counter()
+            topk_parts[x, y] = local_topk(faiss_index, q_emb[rows], c_ids[cols], k)
+            search_s += time.perf_counter() - t0
+    counts = np.sum(gather_objects(counts), axis=0)
+    gathered = gather_objects(topk_parts)
+    timings["rank_s"] = time.perf_counter() - tick - search_s
+    timings["search_s"] = search_s
+
+    tick = time.perf_counter()
+    rel_lang = np.where(layout.relevant >= 0, layout.cand_lang[np.maximum(layout.relevant, 0)], -1)
+    results: dict = {"settings": list(settings), "k": k}
+    qnames, cnames = layout.query_langs, layout.cand_langs
+    if "mono" in settings or "cross" in settings:
+        for x, xname in enumerate(qnames):
+            rows = layout.query_lang == x
+            for y, yname in enumerate(cnames):
+                setting = "mono" if xname == yname else "cross"
+                if setting not in settings:
+                    continue
+                in_y = rows[:, None] & (rel_lang == y)
+                ranks = np.where(in_y, counts[:, :, y] + 1, 0)[rows]
+                key = xname if setting == "mono" else f"{xname}-{yname}"
+                results.setdefault(setting, {})[key] = metrics_from_ranks(ranks)
+    multi_ranks = np.where(layout.relevant >= 0, counts.sum(-1) + 1, 0)
+    if "multi" in settings:
+        results["multi"] = {x: metrics_from_ranks(multi_ranks[layout.query_lang == i]) for i, x in enumerate(qnames)}
+        by_lang = {x: m["map"] for x, m in results["multi"].items() if m.get("queries")}
+        query_lang_codes = np.array([cnames.index(qnames[i]) if qnames[i] in cnames else -1 for i in layout.query_lang])
+        results["bias"] = language_bias(multi_ranks, rel_lang, query_lang_codes, by_lang)
+        top = {x: merge_topk([part[x, y] for part in gathered for y in range(n_clang)], k) for x in range(len(qnames))}
+        results["topk"] = {"query_ids": layout.query_ids, "cand_ids": layout.cand_ids, "lists": top}
+    results["summary"] = summarize(results)
+    timings["metrics_s"] = time.perf_counter() - tick
+    results["timings"] = timings
+    return results
+
+
+def summarize(results: dict) -> dict[str, float]:
+    """The headline numbers: mean mono, mean cross and mean multilingual mAP, and bias."""
+    out = {}
+    for setting in SETTINGS:
+        maps = [m["map"] for m in results.get(setting, {}).values() if m.get("queries")]
+        if maps:
+            out[f"{setting}_map"] = float(np.mean(maps))
+    for key in ("rank_spread", "own_language_first", "map_std"):
+        if key in results.get("bias", {}):
+            out[key] = results["bias"][key]
+    return out

@@ -1,0 +1,183 @@
+"""Distributed evaluation: 1, 2 and 3 ranks give the single-process brute-force results;
+metrics agree with ir-measures (pytrec_eval); language bias on a hand-computed case."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ir_measures
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from ir_measures import AP, RR, R, nDCG
+
+from hbt.data import load_corpus
+from hbt.data.corpus import RetrievalSet
+from hbt.data.tokenize import TextSpec
+from hbt.errors import InputError
+from hbt.eval.bias import language_bias
+from hbt.eval.encode import encode, shard_bounds
+from hbt.eval.metrics import metrics_from_ranks
+from hbt.eval.run import Layout, evaluate
+from hbt.eval.search import distributed_topk
+from hbt.model import BiEncoder, build_tiny
+
+SPEC = TextSpec(max_query_length=16, max_passage_length=32)
+CORPUS = "synthetic:items=120,languages=3,coverage=0.7,seed=5"
+
+
+def model_and_tokenizer():
+    corpus = load_corpus(CORPUS)
+    texts = [t for i in corpus.items for p in i.pairs.values() for t in (p.query, p.passage)]
+    encoder, tokenizer = build_tiny(texts, 3000, 32, 2, 4, 64, 34, seed=0)
+    return BiEncoder(encoder).eval(), tokenizer, corpus.retrieval
+
+
+def _worker(rank: int, world: int, init: str, out: str) -> None:
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    model, tokenizer, rs = model_and_tokenizer()
+    result = evaluate(model, tokenizer, rs, SPEC, k=10, progress=False)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((1001, 16)).astype(np.float32)
+    queries = rng.standard_normal((37, 16)).astype(np.float32)
+    a, b = shard_bounds(len(vectors), rank, world)
+    topk = distributed_topk(queries, vectors[a:b], np.arange(a, b), 25)
+    if rank == 0:
+        torch.save({"result": result, "topk": topk}, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def run_world(world: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.pt")
+        if world == 1:
+            _worker(0, 1, "", out)
+        else:
+            mp.spawn(_worker, args=(world, f"file://{tmp}/rendezvous", out), nprocs=world, join=True)
+        return torch.load(out, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def single() -> dict:
+    return run_world(1)
+
+
+def test_shards_cover_every_index_once() -> None:
+    for n in (0, 1, 7, 100, 101):
+        for world in (1, 2, 3, 8):
+            bounds = [shard_bounds(n, r, world) for r in range(world)]
+            assert [i for a, b in bounds for i in range(a, b)] == list(range(n))
+
+
+def brute_force(model, tokenizer, rs: RetrievalSet):
+    """Full rankings of every setting by a plain dense matrix: the independent reference."""
+    layout = Layout.of(rs, SPEC)
+    q = encode(model, tokenizer, layout.query_texts, SPEC.max_query_length).astype(np.float64)
+    c = encode(model, tokenizer, layout.cand_texts, SPEC.max_passage_length).astype(np.float64)
+    return layout, q @ c.T
+
+
+def ir_measures_metrics(layout: Layout, scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> dict:
+    qrels, run = {}, {}
+    col_set = set(cols.tolist())
+    for row in rows:
+        rel = [int(c) for c in layout.relevant[row] if c >= 0 and int(c) in col_set]
+        if not rel:
+            continue
+        qid = f"q{row}"
+        qrels[qid] = {f"d{c}": 1 for c in rel}
+        run[qid] = {f"d{c}": float(scores[row, c]) for c in cols}
+    measures = [AP, RR @ 10, nDCG @ 10, R @ 1, R @ 5, R @ 10, R @ 100]
+    agg = ir_measures.calc_aggregate(measures, qrels, run)
+    names = {"AP": "map", "RR@10": "mrr@10", "nDCG@10": "ndcg@10", "R@1": "recall@1", "R@5": "recall@5",
+             "R@10": "recall@10", "R@100": "recall@100"}
+    return {names[str(m)]: v for m, v in agg.items()} | {"queries": len(qrels)}
+
+
+def test_metrics_match_ir_measures(single: dict) -> None:
+    model, tokenizer, rs = model_and_tokenizer()
+    layout, scores = brute_force(model, tokenizer, rs)
+    result = single["result"]
+    checked = 0
+    for x, xname in enumerate(layout.query_langs):
+        rows = np.flatnonzero(layout.query_lang == x)
+        for y, yname in enumerate(layout.cand_langs):
+            setting, key = ("mono", xname) if x == y else ("cross", f"{xname}-{yname}")
+            ref = ir_measures_metrics(layout, scores, rows, np.flatnonzero(layout.cand_lang == y))
+            ours = result[setting][key]
+            assert ours["queries"] == ref["queries"]
+            for name, value in ref.items():
+                assert abs(ours[name] - value) < 1e-6, (setting, key, name, ours[name], value)
+            checked += 1
+        ref = ir_measures_metrics(layout, scores, rows, np.arange(len(layout.cand_texts)))
+        for name, value in ref.items():
+            assert abs(result["multi"][xname][name] - value) < 1e-6, ("multi", xname, name)
+    assert checked == 9
+
+
+def test_topk_lists_match_brute_force(single: dict) -> None:
+    model, tokenizer, rs = model_and_tokenizer()
+    layout, scores = brute_force(model, tokenizer, rs)
+    for x, (top_scores, top_ids) in single["result"]["topk"]["lists"].items():
+        rows = np.flatnonzero(layout.query_lang == x)
+        expected = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores[rows].shape), -scores[rows]), axis=1)[:, :10]
+        assert (top_ids == expected).all()
+        assert np.abs(top_scores - np.take_along_axis(scores[rows], expected, 1)).max() < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_give_the_single_process_results(world: int, single: dict) -> None:
+    got = run_world(world)
+    ref = single["result"]
+    for setting in ("mono", "cross", "multi"):
+        assert got["result"][setting] == ref[setting]  # exact: ranks are integers, metrics their functions
+    assert got["result"]["bias"] == ref["bias"]
+    for x in ref["topk"]["lists"]:
+        assert (got["result"]["topk"]["lists"][x][1] == ref["topk"]["lists"][x][1]).all()
+    assert (got["topk"][1] == single["topk"][1]).all()
+    assert np.abs(got["topk"][0] - single["topk"][0]).max() < 1e-5
+
+
+def test_distributed_topk_single_process_is_brute_force(single: dict) -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((1001, 16)).astype(np.float32)
+    queries = rng.standard_normal((37, 16)).astype(np.float32)
+    exact = queries.astype(np.float64) @ vectors.T.astype(np.float64)
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :25]
+    assert (single["topk"][1] == order).all()
+
+
+def test_metrics_from_ranks_hand_case() -> None:
+    # query 1: relevant at ranks 1 and 3; query 2: relevant at rank 12 only.
+    m = metrics_from_ranks(np.array([[3, 1], [12, 0]]))
+    assert m["queries"] == 2
+    assert m["map"] == pytest.approx(((1 / 1 + 2 / 3) / 2 + 1 / 12) / 2)
+    assert m["mrr@10"] == pytest.approx(0.5)
+    assert m["recall@1"] == pytest.approx(0.25) and m["recall@10"] == pytest.approx(0.5) and m["recall@100"] == 1.0
+    ideal = 1 + 1 / np.log2(3)
+    assert m["ndcg@10"] == pytest.approx(((1 + 1 / np.log2(4)) / ideal + 0) / 2)
+
+
+def test_language_bias_hand_case() -> None:
+    # q0 (lang 0): relevant in langs 0,1,2 at ranks 1, 4, 10; q1 (lang 1): ranks 2 (lang 0), 3 (lang 1).
+    ranks = np.array([[1, 4, 10], [2, 3, 0]])
+    langs = np.array([[0, 1, 2], [0, 1, -1]])
+    bias = language_bias(ranks, langs, np.array([0, 1]), {"a": 0.5, "b": 0.3})
+    assert bias["rank_spread"] == pytest.approx((9 + 1) / 2)
+    assert bias["pairwise_rank_distance"] == pytest.approx(((3 + 9 + 6) / 3 + 1) / 2)
+    assert bias["own_language_first"] == pytest.approx(0.5)
+    assert bias["map_std"] == pytest.approx(0.1)
+
+
+def test_empty_language_is_an_input_error() -> None:
+    rs = load_corpus(CORPUS).retrieval
+    rs.queries["ru"] = []
+    with pytest.raises(InputError, match="language 'ru': has no queries"):
+        Layout.of(rs, SPEC)
