@@ -65,7 +65,10 @@ def distributed_topk(queries: np.ndarray, candidates: np.ndarray, ids: np.ndarra
 def count_above(scores: np.ndarray, cand_ids: np.ndarray, thresholds: np.ndarray, rel_ids: np.ndarray) -> np.ndarray:
     """For each (query i, relevant j): how many of these candidates rank above it, i.e.
     score > thresholds[i, j], or an equal score with a lower id. ``scores`` is
-    (queries x candidates); ``thresholds``/``rel_ids`` are (queries x R), rel_ids -1 = none."""
+    (queries x candidates); ``thresholds``/``rel_ids`` are (queries x R), rel_ids -1 = none.
+    The relevant candidate itself never counts: its score here and its threshold may come
+    from differently blocked products and differ in the last bit."""
+    other = cand_ids[None, None, :] != rel_ids[:, :, None]
     above = scores[:, None, :] > thresholds[:, :, None]
     tied = (scores[:, None, :] == thresholds[:, :, None]) & (cand_ids[None, None, :] < rel_ids[:, :, None])
-    return np.where(rel_ids >= 0, (above | tied).sum(-1), 0)
+    return np.where(rel_ids >= 0, ((above | tied) & other).sum(-1), 0)
