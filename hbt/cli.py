@@ -66,6 +66,32 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hbt.config import EvalConfig
+    from hbt.eval.standalone import EvalArgs, run_eval
+
+    settings = EvalConfig(settings=args.settings).setting_list()
+    out = Path(args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data.split(':')[0]).name}")
+    results = run_eval(EvalArgs(args.model, args.data, settings, out, args.holdout_titles, args.seed, args.pooling,
+                                args.query_prefix, args.passage_prefix, args.max_length, args.k, args.batch_size, args.index))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(", ".join(f"{k} {v:.4f}" for k, v in results["summary"].items()))
+        print(f"outputs: {out.resolve()}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hbt.eval.report import compare
+
+    print(compare([Path(p) for p in args.runs], Path(args.out)), end="")
+    print(f"table and plot: {Path(args.out).resolve()}/report.{{md,csv,png}}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -93,11 +119,44 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint tag")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     train.set_defaults(run=_train)
+
+    ev = commands.add_parser("eval", help="retrieval evaluation (mono, cross, multilingual) of an encoder, 1 to N ranks")
+    ev.add_argument("--model", required=True, help="encoder directory (an hbt export, or any Hugging Face encoder)")
+    ev.add_argument("--data", required=True, help="LAReQA dir/file, .jsonl, retrieval dir (queries/corpus/qrels) or synthetic[:...]")
+    ev.add_argument("--settings", default="mono,cross,multi", help="comma-separated subset of mono,cross,multi")
+    ev.add_argument("--out", default=None, help="output directory (default runs/eval/<model>-<data>)")
+    ev.add_argument("--holdout-titles", default=None, help="evaluate only these held-out titles (fraction, list or @file)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of a fractional title split")
+    ev.add_argument("--pooling", choices=["mean", "cls"], default=None, help="default: from the model's sentence-transformers files, else mean")
+    ev.add_argument("--query-prefix", default=None, help="e.g. 'query: ' for e5 (default: the model's prompts, else none)")
+    ev.add_argument("--passage-prefix", default=None, help="e.g. 'passage: ' for e5")
+    ev.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's, else 128)")
+    ev.add_argument("--k", type=int, default=100, help="length of the multilingual top-k lists written to multi.run")
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index of each shard")
+    ev.set_defaults(run=_eval)
+
+    report = commands.add_parser("report", help="put several runs side by side: one Markdown/CSV table and one plot")
+    report.add_argument("runs", nargs="+", help="run directories (their newest eval), eval output dirs, or metrics.json files")
+    report.add_argument("--out", default="runs/report", help="where report.md, report.csv and report.png go")
+    report.set_defaults(run=_report)
     return parser
+
+
+def quiet_libraries() -> None:
+    """hbt draws its own progress; the libraries' per-file bars and load reports would bury it."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command != "data":
+        quiet_libraries()
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         code = run(args)

@@ -31,7 +31,6 @@ class RunConfig:
 class DataConfig:
     train: str = "synthetic"  # LAReQA dir/file, .jsonl, or synthetic[:options]
     holdout_titles: str | float | None = None  # fraction, "Title1,Title2", or @file
-    eval: str | None = None  # evaluation data; default: the held-out titles of data.train
     cache_dir: str = ".cache/hbt"  # Arrow tokenisation cache
 
 
@@ -91,11 +90,29 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    data: str | None = None  # evaluation data; default: the held-out titles of data.train
+    settings: str = "mono,cross,multi"
+    every_epoch: bool = True  # also evaluate at the end of every epoch, not only at the end
+    k: int = 100  # length of the top-k lists written to multi.run
+    batch_size: int = 128
+    index: Literal["flat", "hnsw", "ivf"] = "flat"
+
+    def setting_list(self) -> tuple[str, ...]:
+        chosen = tuple(s.strip() for s in self.settings.split(",") if s.strip())
+        unknown = [s for s in chosen if s not in ("mono", "cross", "multi")]
+        if unknown or not chosen:
+            raise InputError("eval.settings", f"choose from mono, cross, multi (got {self.settings!r})")
+        return chosen
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
         t, m = self.train, self.model
@@ -117,6 +134,9 @@ class Config:
         if m.dropout is not None and not 0 <= m.dropout < 1:
             raise InputError("model.dropout", f"must be in [0, 1), got {m.dropout}")
         self.train.deepspeed = str(shipped_path(self.train.deepspeed, "train.deepspeed"))
+        self.eval.setting_list()
+        if self.eval.k < 1 or self.eval.batch_size < 1:
+            raise InputError("eval", "k and batch_size must be >= 1")
         holdout = self.data.holdout_titles
         if isinstance(holdout, float) and not 0 < holdout < 1:
             raise InputError("data.holdout_titles", f"a fraction must be in (0, 1), got {holdout}")

@@ -96,6 +96,7 @@ class Engine:
         self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
         self.state = TrainState()
         self._signal: int | None = None
+        self._evaluated_at = -1
 
     @property
     def module(self) -> BiEncoder:
@@ -131,11 +132,21 @@ class Engine:
         self.engine.backward(loss)
         return loss.detach()
 
+    def _evaluate(self, evaluate: Callable[[str], dict], label: str, monitor: Monitor) -> None:
+        self.engine.eval()
+        summary = evaluate(label)
+        self.engine.train()
+        self._evaluated_at = self.state.step
+        monitor.evaluation(self.state.step, label, summary)
+
     # -- the loop -----------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame) -> None:
         self._signal = signum
 
-    def fit(self, on_epoch_end: Callable[[int], None] | None = None) -> TrainState:
+    def fit(self, evaluate: Callable[[str], dict] | None = None) -> TrainState:
+        """Train to the end (or ``train.max_steps``). ``evaluate(label)`` runs on every rank
+        after each epoch (with ``eval.every_epoch``) and once at the end; it returns the
+        headline numbers, which are logged with the step."""
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         t = self.cfg.train
@@ -175,10 +186,12 @@ class Engine:
                         break
                 if self.sampler.cursor >= len(self.sampler):
                     self.sampler.set_epoch(epoch + 1)
-                    if on_epoch_end is not None:
-                        on_epoch_end(epoch)
+                    if evaluate is not None and (self.cfg.eval.every_epoch or self.sampler.epoch >= t.epochs):
+                        self._evaluate(evaluate, f"epoch-{epoch}", monitor)
             if self.checkpointer.latest() != f"step-{self.state.step:08d}":
                 self.save()
+            if evaluate is not None and self._evaluated_at != self.state.step:
+                self._evaluate(evaluate, f"step-{self.state.step}", monitor)
         finally:
             monitor.close()
         return self.state

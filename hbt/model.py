@@ -117,15 +117,20 @@ def build_tiny(texts: Iterable[str], vocab_size: int, hidden_size: int, layers: 
 
 
 def export(model: BiEncoder, tokenizer: PreTrainedTokenizerBase, out: Path, query_prefix: str,
-           passage_prefix: str, max_length: int) -> None:
+           passage_prefix: str, max_query_length: int, max_passage_length: int) -> None:
     """A Hugging Face directory (``AutoModel``/``AutoTokenizer``) that is also a
     sentence-transformers model: Transformer -> Pooling -> Normalize, with the query and
-    passage prefixes as its named prompts."""
+    passage prefixes as its named prompts. ``hbt.json`` keeps what sentence-transformers
+    has no place for (separate query and passage lengths), so ``hbt eval`` encodes
+    exactly as training did."""
     out.mkdir(parents=True, exist_ok=True)
     model.encoder.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     hidden = model.encoder.config.hidden_size
+    max_length = max(max_query_length, max_passage_length)
     files = {
+        "hbt.json": {"pooling": model.pooling, "query_prefix": query_prefix, "passage_prefix": passage_prefix,
+                     "max_query_length": max_query_length, "max_passage_length": max_passage_length},
         "modules.json": [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},

@@ -41,6 +41,16 @@ class Monitor:
                              sps=f"{record['samples_per_s']:.0f}", refresh=False)
         self.bar.update(1)
 
+    def evaluation(self, step: int, label: str, summary: dict) -> None:
+        """An evaluation's headline numbers: a line on the console, JSONL, TensorBoard."""
+        if not self.enabled:
+            return
+        self.metrics.write(json.dumps({"step": step, "eval": label, **summary}) + "\n")
+        self.metrics.flush()
+        for key, value in summary.items():
+            self.tb.add_scalar(f"eval/{key}", value, step)
+        self.bar.write(f"eval {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+
     def event(self, message: str) -> None:
         if self.enabled:
             self.bar.write(message)

@@ -50,18 +50,7 @@ def build_model(cfg: Config, corpus: Corpus, run_dir: Path, env: hdist.DistEnv):
     return load_pretrained(str(init), m.dropout)
 
 
-def _quiet_libraries() -> None:
-    """hbt draws its own progress; the libraries' per-file bars would bury it."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_error()
-
-
 def train(cfg: Config, resume: str = "auto") -> Path:
-    _quiet_libraries()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     env = hdist.init()
@@ -71,7 +60,8 @@ def train(cfg: Config, resume: str = "auto") -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
-    train_corpus, _held_out = split_data(cfg)
+    train_corpus, held_out = split_data(cfg)
+    eval_set = load_corpus(cfg.eval.data).retrieval if cfg.eval.data else held_out.retrieval if held_out else None
     encoder, tokenizer = build_model(cfg, train_corpus, run_dir, env)
     m = cfg.model
     spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
@@ -98,9 +88,34 @@ def train(cfg: Config, resume: str = "auto") -> Path:
         engine.resume(tag)
         if env.is_main:
             print(f"resumed from {run_dir / 'checkpoints' / tag} at step {engine.state.step}", file=sys.stderr)
-    engine.fit()
+    evaluator = None
+    if eval_set is not None:
+        evaluator = lambda label: evaluate_engine(engine, tokenizer, eval_set, spec, run_dir / "eval" / label, env)  # noqa: E731
+    elif env.is_main:
+        print("no evaluation data (set eval.data or data.holdout_titles): training only", file=sys.stderr)
+    engine.fit(evaluator)
     export_model(engine, tokenizer, run_dir / "model", env)
     return run_dir
+
+
+def _zero3(engine) -> bool:
+    return engine.ds_config["zero_optimization"].get("stage", 0) == 3
+
+
+def evaluate_engine(engine, tokenizer, rs, spec: TextSpec, out: Path, env: hdist.DistEnv) -> dict:
+    """Evaluate the model being trained on every rank; rank 0 writes the outputs. Under
+    ZeRO-3 the shards are gathered first, since ranks encode different numbers of batches."""
+    import deepspeed
+
+    from hbt.eval.report import write_outputs
+    from hbt.eval.run import evaluate
+
+    e = engine.cfg.eval
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=_zero3(engine)):
+        results = evaluate(engine.module, tokenizer, rs, spec, e.setting_list(), e.k, e.index, e.batch_size, env.is_main)
+    if env.is_main:
+        write_outputs(results, out, f"{Path(engine.cfg.run.dir).name} {out.name}")
+    return results["summary"]
 
 
 def export_model(engine, tokenizer, out: Path, env: hdist.DistEnv) -> None:
@@ -110,7 +125,7 @@ def export_model(engine, tokenizer, out: Path, env: hdist.DistEnv) -> None:
     module: BiEncoder = engine.module
     m = engine.cfg.model
     params = list(module.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=engine.ds_config["zero_optimization"].get("stage", 0) == 3):
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=_zero3(engine)):
         if env.is_main:
-            export(module, tokenizer, out, m.query_prefix, m.passage_prefix, max(m.max_query_length, m.max_passage_length))
+            export(module, tokenizer, out, m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
     hdist.barrier()

@@ -1,0 +1,77 @@
+"""``hbt eval``: evaluate any encoder directory (trained by hbt or not) on 1 or N ranks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from hbt import dist as hdist
+from hbt.data import holdout_titles, load_corpus, split_by_title
+from hbt.data.tokenize import TextSpec
+from hbt.errors import InputError
+from hbt.model import BiEncoder, load_pretrained
+
+
+@dataclass
+class EvalArgs:
+    model: str
+    data: str
+    settings: tuple[str, ...]
+    out: Path
+    holdout_titles: str | None = None
+    seed: int = 0
+    pooling: str | None = None
+    query_prefix: str | None = None
+    passage_prefix: str | None = None
+    max_length: int | None = None
+    k: int = 100
+    batch_size: int = 128
+    index: str = "flat"
+
+
+def model_settings(model_dir: Path) -> dict:
+    """Pooling, prefixes and lengths saved with a model: hbt's own ``hbt.json``, else a
+    sentence-transformers directory's files, so a model is evaluated as it was trained."""
+    hbt_file = model_dir / "hbt.json"
+    if hbt_file.exists():
+        return json.loads(hbt_file.read_text())
+    found: dict = {}
+    pooling = model_dir / "1_Pooling" / "config.json"
+    if pooling.exists():
+        found["pooling"] = "cls" if json.loads(pooling.read_text()).get("pooling_mode_cls_token") else "mean"
+    st = model_dir / "config_sentence_transformers.json"
+    if st.exists():
+        prompts = json.loads(st.read_text()).get("prompts", {})
+        found["query_prefix"] = prompts.get("query", "")
+        found["passage_prefix"] = prompts.get("passage", prompts.get("document", ""))
+    bert = model_dir / "sentence_bert_config.json"
+    if bert.exists():
+        found["max_query_length"] = found["max_passage_length"] = json.loads(bert.read_text()).get("max_seq_length")
+    return found
+
+
+def run_eval(a: EvalArgs) -> dict:
+    import torch
+
+    from hbt.eval.report import write_outputs
+    from hbt.eval.run import evaluate
+
+    corpus = load_corpus(a.data)
+    if a.holdout_titles:
+        _, corpus = split_by_title(corpus, holdout_titles(corpus, a.holdout_titles, seed=a.seed))
+    if not Path(a.model).exists() and "/" not in a.model:
+        raise InputError("--model", f"no such model directory {a.model}")
+    defaults = model_settings(Path(a.model)) if Path(a.model).is_dir() else {}
+    pick = lambda given, key, fallback: given if given is not None else defaults.get(key) or fallback  # noqa: E731
+    spec = TextSpec(pick(a.query_prefix, "query_prefix", ""), pick(a.passage_prefix, "passage_prefix", ""),
+                    pick(a.max_length, "max_query_length", 128), pick(a.max_length, "max_passage_length", 128))
+    env = hdist.init()
+    encoder, tokenizer = load_pretrained(a.model)
+    model = BiEncoder(encoder, pick(a.pooling, "pooling", "mean"))
+    if torch.cuda.is_available():
+        model = model.to(f"cuda:{env.local_rank}")
+    results = evaluate(model, tokenizer, corpus.retrieval, spec, a.settings, a.k, a.index, a.batch_size, env.is_main)
+    if env.is_main:
+        write_outputs(results, a.out, f"{Path(a.model).name} on {corpus.name}")
+    return results
