@@ -66,6 +66,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from hbt.config import load_config
+
+    tree = load_config(args.config, args.overrides).to_dict()
+    if args.get is None:
+        print(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), end="")
+        return 0
+    node = tree
+    for part in args.get.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise InputError("--get", f"no config key {args.get!r}")
+        node = node[part]
+    print(node)
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -119,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint tag")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     train.set_defaults(run=_train)
+
+    config = commands.add_parser("config", help="print the resolved config (or one key): what 'hbt train' would use")
+    config.add_argument("--config", default=None)
+    config.add_argument("--get", default=None, metavar="section.key", help="print only this key (scripts use it)")
+    config.add_argument("overrides", nargs="*", metavar="section.key=value")
+    config.set_defaults(run=_config)
 
     ev = commands.add_parser("eval", help="retrieval evaluation (mono, cross, multilingual) of an encoder, 1 to N ranks")
     ev.add_argument("--model", required=True, help="encoder directory (an hbt export, or any Hugging Face encoder)")

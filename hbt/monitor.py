@@ -1,6 +1,7 @@
 """What a user watches during training, on rank 0 only: a tqdm bar (loss, lr,
-samples/s), one JSON line per step in ``metrics.jsonl``, and TensorBoard scalars,
-including the running batch-type mix (share of mono batches per language, of cross)."""
+samples/s), one JSON line per step in ``metrics.jsonl`` and per evaluation in
+``eval.jsonl``, and TensorBoard scalars, including the running batch-type mix (share of
+mono batches per language, of cross) and the evaluations' headline numbers."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Monitor:
         from torch.utils.tensorboard import SummaryWriter
 
         self.metrics = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.evals = (run_dir / "eval.jsonl").open("a", encoding="utf-8")
         self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True)
 
@@ -45,8 +47,8 @@ class Monitor:
         """An evaluation's headline numbers: a line on the console, JSONL, TensorBoard."""
         if not self.enabled:
             return
-        self.metrics.write(json.dumps({"step": step, "eval": label, **summary}) + "\n")
-        self.metrics.flush()
+        self.evals.write(json.dumps({"step": step, "eval": label, **summary}) + "\n")
+        self.evals.flush()
         for key, value in summary.items():
             self.tb.add_scalar(f"eval/{key}", value, step)
         self.bar.write(f"eval {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
@@ -60,3 +62,4 @@ class Monitor:
             self.bar.close()
             self.tb.close()
             self.metrics.close()
+            self.evals.close()

@@ -34,7 +34,7 @@ def test_training_evaluates_every_epoch(trained: Path) -> None:
         assert "| query language |" in (out / "summary.md").read_text()
         first = (out / "multi.run").read_text().splitlines()[0].split()
         assert first[1] == "Q0" and first[3] == "1"
-    evals = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    evals = [json.loads(line) for line in (trained / "eval.jsonl").read_text().splitlines()]
     assert [e["eval"] for e in evals] == ["epoch-0", "epoch-1"]
 
 

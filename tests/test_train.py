@@ -62,6 +62,8 @@ def test_single_process_run_directory(single_run: Path) -> None:
     assert {"loss", "lr", "samples_per_s", "batch", "mix", "epoch"} <= set(last)
     assert abs(sum(last["mix"].values()) - 1) < 1e-3 and "cross" in last["mix"]
     assert any((single_run / "tensorboard").iterdir())
+    final = json.loads((single_run / "eval.jsonl").read_text())
+    assert final["eval"] == "step-12" and (single_run / "eval" / "step-12" / "cross_heatmap.png").exists()
 
 
 def test_export_loads_in_sentence_transformers_with_the_same_vectors(single_run: Path) -> None:

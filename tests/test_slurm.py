@@ -1,0 +1,76 @@
+"""Real Slurm (the local one-node cluster of slurm/local/up.sh, started by .ci/run):
+``sbatch slurm/train.sh`` with 2 CPU tasks, and a USR1 pre-emption that requeues,
+resumes and finishes with the step count of an uninterrupted run. Every wait has a
+timeout. Skips without Slurm, unless HBT_REQUIRE_SLURM=1 (CI) makes that a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_train import steps_per_epoch
+
+pytestmark = pytest.mark.slow
+CPU = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
+
+
+@pytest.fixture(autouse=True)
+def slurm() -> None:
+    if shutil.which("sbatch") is None or not (os.environ.get("SLURM_CONF") or Path("/etc/slurm/slurm.conf").exists()):
+        if os.environ.get("HBT_REQUIRE_SLURM") == "1":
+            pytest.fail("HBT_REQUIRE_SLURM=1 but no Slurm here: run slurm/local/up.sh and export SLURM_CONF")
+        pytest.skip("no Slurm here (start one with slurm/local/up.sh and export SLURM_CONF)")
+
+
+def sbatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["sbatch", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_gone(job: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", job])
+            pytest.fail(f"job {job} still queued or running after {timeout} s")
+        time.sleep(0.5)
+
+
+def steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sbatch_train_two_tasks(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    out = sbatch("--wait", *CPU, f"--output={tmp_path}/job.out", "slurm/train.sh", "configs/tiny.yaml", f"run.dir={run}",
+                 f"data.cache_dir={tmp_path}/cache", "train.epochs=1")
+    assert out.returncode == 0, out.stderr + (tmp_path / "job.out").read_text()
+    assert "2 tasks" in (tmp_path / "job.out").read_text()
+    logs = sorted(p.name for p in (run / "logs").iterdir())
+    assert len(logs) == 2 and logs[0].endswith("-0.log") and logs[1].endswith("-1.log")
+    assert (run / "eval.jsonl").exists() and (run / "model" / "model.safetensors").exists()
+    assert max(steps(run)) == steps_per_epoch(["--config", "configs/tiny.yaml"])
+
+
+def test_usr1_requeues_and_resumes_to_the_same_final_step(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["configs/tiny.yaml", f"run.dir={run}", f"data.cache_dir={tmp_path}/cache", "train.epochs=3", "eval.every_epoch=false"]
+    out = sbatch("--parsable", *CPU, f"--output={tmp_path}/job.out", "slurm/train.sh", *args)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 240
+    while not ((run / "metrics.jsonl").exists() and len(steps(run)) >= 5):
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    wait_gone(job)
+    log = (tmp_path / "job.out").read_text()
+    assert "requeueing job" in log and "(restart 1)" in log, log
+    assert max(steps(run)) == 3 * steps_per_epoch(["--config", *args[:1], *args[1:]])
+    assert "resumed from" in "".join(p.read_text() for p in (run / "logs").iterdir())
