@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -59,6 +60,8 @@ def train(cfg: Config, resume: str = "auto") -> Path:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        launch = {"launcher": env.launcher, "world_size": env.world_size, "per_rank_batch": cfg.train.batch_size // env.world_size}
+        (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
 
     train_corpus, held_out = split_data(cfg)
     eval_set = load_corpus(cfg.eval.data).retrieval if cfg.eval.data else held_out.retrieval if held_out else None

@@ -1,7 +1,7 @@
 """Real Slurm (the local one-node cluster of slurm/local/up.sh, started by .ci/run):
 ``sbatch slurm/train.sh`` with 2 CPU tasks, and a USR1 pre-emption that requeues,
 resumes and finishes with the step count of an uninterrupted run. Every wait has a
-timeout. Skips without Slurm, unless HBT_REQUIRE_SLURM=1 (CI) makes that a failure."""
+timeout. Skips without Slurm, unless HBT_REQUIRE_CLUSTER=1 (CI) makes that a failure."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ CPU = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=
 @pytest.fixture(autouse=True)
 def slurm() -> None:
     if shutil.which("sbatch") is None or not (os.environ.get("SLURM_CONF") or Path("/etc/slurm/slurm.conf").exists()):
-        if os.environ.get("HBT_REQUIRE_SLURM") == "1":
-            pytest.fail("HBT_REQUIRE_SLURM=1 but no Slurm here: run slurm/local/up.sh and export SLURM_CONF")
+        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
+            pytest.fail("HBT_REQUIRE_CLUSTER=1 but no Slurm here: run slurm/local/up.sh and export SLURM_CONF")
         pytest.skip("no Slurm here (start one with slurm/local/up.sh and export SLURM_CONF)")
 
 

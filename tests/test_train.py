@@ -91,6 +91,7 @@ def test_two_ranks_under_every_zero_stage_match_one_process(tmp_path: Path, sing
         out = torchrun(2, "train", *overrides(tmp_path, f"z{stage}", "model.dropout=0.0", "train.max_steps=12",
                                               f"train.deepspeed=configs/deepspeed/zero{stage}.json"))
         ok(out)
+        assert json.loads((tmp_path / f"z{stage}" / "launch.json").read_text())["world_size"] == 2
         got = losses(tmp_path / f"z{stage}")
         assert got.keys() == reference.keys()
         diff = max(abs(got[s] - reference[s]) for s in reference)

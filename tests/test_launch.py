@@ -1,0 +1,51 @@
+"""The launchers users start hbt with, for real: accelerate launch (CPU 2-process config)
+and mpirun with Open MPI + mpi4py. Both must run 2 ranks that share each contrastive
+batch: their per-step losses equal a single process's (dropout off), which is only true
+when the ranks trained on disjoint slices of the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_train import losses, ok, overrides, single_run  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+ARGS = ("model.dropout=0.0", "train.max_steps=12")
+
+
+def check_two_ranks(run_dir: Path, launcher: str, reference: Path) -> None:
+    launch = json.loads((run_dir / "launch.json").read_text())
+    assert launch == {"launcher": launcher, "world_size": 2, "per_rank_batch": 8}
+    got, ref = losses(run_dir), losses(reference)
+    assert got.keys() == ref.keys() and max(abs(got[s] - ref[s]) for s in ref) < 1e-4
+
+
+def test_accelerate_launch_two_processes(tmp_path: Path, single_run: Path) -> None:  # noqa: F811
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/accelerate/cpu-2proc.yaml",
+           "--main_process_port", "0", "-m", "hbt", "train", *overrides(tmp_path, "acc", *ARGS)]
+    ok(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    check_two_ranks(tmp_path / "acc", "torchrun", single_run)
+
+
+def test_mpirun_two_processes(tmp_path: Path, single_run: Path) -> None:  # noqa: F811
+    try:
+        from mpi4py import MPI  # noqa: F401  (the wheel needs the system's libmpi)
+        have = shutil.which("mpirun") is not None
+    except (ImportError, RuntimeError, OSError):
+        have = False
+    if not have:
+        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
+            pytest.fail("HBT_REQUIRE_CLUSTER=1 but mpirun or mpi4py is missing")
+        pytest.skip("needs mpirun (Debian openmpi-bin) and mpi4py")
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1",
+           sys.executable, "-m", "hbt", "train", *overrides(tmp_path, "mpi", *ARGS)]
+    ok(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300))
+    check_two_ranks(tmp_path / "mpi", "mpi", single_run)
