@@ -110,6 +110,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hbt.sweep import SweepSpec, collect, parse_alphas, submit, wait, write_table_and_plot
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    spec = SweepSpec(configs=args.config, alphas=parse_alphas(args.alphas, args.strategies), seeds=seeds, out=Path(args.out),
+                     overrides=args.overrides, executor=args.executor, tasks_per_node=args.tasks_per_node, nodes=args.nodes,
+                     gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min,
+                     partition=args.partition, wait_timeout_s=args.wait_timeout)
+    jobs = submit(spec)
+    print(f"submitted {len(jobs)} jobs ({', '.join(j.job_id for j in jobs)}); logs in {spec.out / 'submitit'}", flush=True)
+    problems = wait(jobs, spec.wait_timeout_s)
+    print(write_table_and_plot(collect(spec), spec.out), end="")
+    print(f"table and plot: {spec.out.resolve()}/sweep.{{md,csv,png}}")
+    for line in problems:
+        print(f"hbt: {line}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -159,6 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index of each shard")
     ev.set_defaults(run=_eval)
+
+    sweep = commands.add_parser("sweep", help="a job array over alpha, seeds and configs (submitit: Slurm, else local)",
+                                description="Submit, wait (with a deadline), then tabulate and plot against alpha.")
+    sweep.add_argument("--config", action="append", required=True, help="experiment YAML; repeat for several")
+    sweep.add_argument("--alphas", default=None, help="comma-separated, e.g. 0,0.25,0.5,0.75,1")
+    sweep.add_argument("--strategies", default=None, help="by name: mono-only (alpha 1), cross-only (0), hybrid (0.5)")
+    sweep.add_argument("--seeds", default="0", help="comma-separated run.seed values")
+    sweep.add_argument("--out", default="runs/sweep", help="sweep directory: one run dir per job, submitit logs, the table")
+    sweep.add_argument("--executor", choices=["auto", "local", "slurm"], default="auto", help="auto: Slurm when srun exists")
+    sweep.add_argument("--nodes", type=int, default=1)
+    sweep.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU on clusters)")
+    sweep.add_argument("--gpus-per-node", type=int, default=0)
+    sweep.add_argument("--cpus-per-task", type=int, default=1)
+    sweep.add_argument("--partition", default=None)
+    sweep.add_argument("--timeout-min", type=int, default=60, help="each job's time limit")
+    sweep.add_argument("--wait-timeout", type=float, default=4 * 3600, help="seconds to wait for all jobs before cancelling")
+    sweep.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides for every job")
+    sweep.set_defaults(run=_sweep)
 
     report = commands.add_parser("report", help="put several runs side by side: one Markdown/CSV table and one plot")
     report.add_argument("runs", nargs="+", help="run directories (their newest eval), eval output dirs, or metrics.json files")

@@ -1,0 +1,49 @@
+"""submitit job arrays: a tiny 3-job array on the real local Slurm (the paper's three
+strategies by name), and the LocalExecutor fallback; table, CSV and plot at the end."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_hbt
+
+pytestmark = pytest.mark.slow
+SMALL = ["data.train=synthetic:items=480,languages=3,seed=3", "train.batch_size=16", "train.epochs=1",
+         "model.tiny.vocab_size=2000", "eval.settings=mono,cross,multi"]
+
+
+def rows(out: Path) -> list[dict]:
+    with (out / "sweep.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_slurm_array_of_the_three_strategies(tmp_path: Path) -> None:
+    if shutil.which("sbatch") is None or not os.environ.get("SLURM_CONF"):
+        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
+            pytest.fail("HBT_REQUIRE_CLUSTER=1 but no Slurm here")
+        pytest.skip("no Slurm here (slurm/local/up.sh)")
+    out = tmp_path / "sweep"
+    result = run_hbt("sweep", "--config", "configs/tiny.yaml", "--strategies", "mono-only,cross-only,hybrid",
+                     "--executor", "slurm", "--out", str(out), "--wait-timeout", "400", *SMALL,
+                     f"data.cache_dir={tmp_path}/cache", timeout=500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = rows(out)
+    assert sorted(float(r["alpha"]) for r in got) == [0.0, 0.5, 1.0]
+    assert all(float(r["mono_map"]) > 0 and float(r["cross_map"]) >= 0 for r in got)
+    assert "| tiny | 0.5 | 1 |" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 5000
+    assert len(list((out / "submitit").glob("*_log.out"))) >= 3  # one array task each
+
+
+def test_local_executor_and_bad_strategy(tmp_path: Path) -> None:
+    out = tmp_path / "local"
+    result = run_hbt("sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--executor", "local", "--out", str(out),
+                     "--wait-timeout", "300", *SMALL, f"data.cache_dir={tmp_path}/cache", timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [float(r["alpha"]) for r in rows(out)] == [0.5] and float(rows(out)[0]["multi_map"]) > 0
+    bad = run_hbt("sweep", "--config", "configs/tiny.yaml", "--strategies", "hybird", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown strategy 'hybird'" in bad.stderr
