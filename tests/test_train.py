@@ -182,3 +182,19 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path, override: str, needle: st
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines() == [f"hbt: error: {needle}" + out.stderr.strip().split(needle, 1)[1]]
     assert "Traceback" not in out.stderr
+
+
+def test_pretrained_encoder_with_e5_prefixes(tmp_path: Path) -> None:
+    """A real multilingual encoder from a local directory: e5 prefixes, mean pooling,
+    trained on XQuAD-R for two steps, exported, and loadable by sentence-transformers."""
+    from tests.conftest import ME5_SMALL, XQUAD_R, need
+
+    need(ME5_SMALL), need(XQUAD_R)
+    out = run_hbt("train", "--config", "configs/me5-small-xquad.yaml", f"run.dir={tmp_path / 'me5'}",
+                  f"data.cache_dir={tmp_path / 'cache'}", "train.batch_size=8", "train.max_steps=2",
+                  "data.holdout_titles=null", "model.max_passage_length=48")
+    ok(out)
+    records = [json.loads(line) for line in (tmp_path / "me5" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
+    settings = json.loads((tmp_path / "me5" / "model" / "hbt.json").read_text())
+    assert settings["query_prefix"] == "query: " and settings["passage_prefix"] == "passage: "

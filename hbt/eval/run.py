@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from hbt.data.corpus import RetrievalSet
 from hbt.data.tokenize import TextSpec
@@ -104,7 +105,7 @@ def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, settings: tuple
     counts = np.zeros(layout.relevant.shape + (n_clang,), dtype=np.int64)  # candidates above, per pool language
     topk_parts: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     search_s = index_s = 0.0
-    for y in range(n_clang):
+    for y in tqdm(range(n_clang), desc="search and rank", disable=not show, leave=False):
         cols = np.flatnonzero(c_lang == y)
         t0 = time.perf_counter()
         faiss_index = build_index(c_emb[cols], index) if len(cols) else None
