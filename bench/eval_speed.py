@@ -35,7 +35,6 @@ def full_eval(model: str, data: str, ranks: int) -> dict:
 
 def _search_worker(rank: int, world: int, init: str, n: int, dim: int, queries: int, k: int, out: str) -> None:
     import faiss
-    import torch
     import torch.distributed as dist
 
     from hbt.eval.encode import shard_bounds

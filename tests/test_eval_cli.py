@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_hbt
+from tests.conftest import run_hbt
 from tests.test_bad_input import assert_one_line_error
 
 pytestmark = pytest.mark.slow

@@ -13,23 +13,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 from hbt.data.corpus import Corpus, Item, Pair, retrieval_from_pairs
 from hbt.data.languages import check_language
 from hbt.errors import InputError
 
 
-def _str_field(row: dict, key: str, where: str) -> str:
-    if key not in row:
-        raise InputError(where, f"missing field '{key}'")
-    value = row[key]
-    if not isinstance(value, str) or not value:
-        raise InputError(where, f"field '{key}' should be a non-empty string")
-    return value
-
-
-def load_jsonl(path: Path) -> Corpus:
-    items: dict[str, Item] = {}
+def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    """(``file:line``, object) for every non-blank line; bad JSON is an error naming the line."""
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -41,22 +33,37 @@ def load_jsonl(path: Path) -> Corpus:
                 raise InputError(where, f"malformed JSON at column {e.colno}: {e.msg}") from None
             if not isinstance(row, dict):
                 raise InputError(where, "each line should be a JSON object")
-            item_id = _str_field(row, "id", where)
-            lang = check_language(_str_field(row, "lang", where), f"{where} field 'lang'")
-            negatives = row.get("negatives", [])
-            if not isinstance(negatives, list) or not all(isinstance(x, str) for x in negatives):
-                raise InputError(where, "field 'negatives' should be a list of strings")
-            title = row.get("title", item_id)
-            if not isinstance(title, str):
-                raise InputError(where, "field 'title' should be a string")
-            item = items.setdefault(item_id, Item(id=item_id, title=title, pairs={}))
-            if lang in item.pairs:
-                raise InputError(where, f"item '{item_id}' already has a '{lang}' line")
-            item.pairs[lang] = Pair(
-                query=_str_field(row, "query", where),
-                passage=_str_field(row, "positive", where),
-                negatives=tuple(negatives),
-            )
+            yield where, row
+
+
+def str_field(row: dict, key: str, where: str) -> str:
+    if key not in row:
+        raise InputError(where, f"missing field '{key}'")
+    value = row[key]
+    if not isinstance(value, str) or not value:
+        raise InputError(where, f"field '{key}' should be a non-empty string")
+    return value
+
+
+def load_jsonl(path: Path) -> Corpus:
+    items: dict[str, Item] = {}
+    for where, row in read_jsonl(path):
+        item_id = str_field(row, "id", where)
+        lang = check_language(str_field(row, "lang", where), f"{where} field 'lang'")
+        negatives = row.get("negatives", [])
+        if not isinstance(negatives, list) or not all(isinstance(x, str) for x in negatives):
+            raise InputError(where, "field 'negatives' should be a list of strings")
+        title = row.get("title", item_id)
+        if not isinstance(title, str):
+            raise InputError(where, "field 'title' should be a string")
+        item = items.setdefault(item_id, Item(id=item_id, title=title, pairs={}))
+        if lang in item.pairs:
+            raise InputError(where, f"item '{item_id}' already has a '{lang}' line")
+        item.pairs[lang] = Pair(
+            query=str_field(row, "query", where),
+            passage=str_field(row, "positive", where),
+            negatives=tuple(negatives),
+        )
     if not items:
         raise InputError(str(path), "no items in this file")
     item_list = list(items.values())

@@ -8,11 +8,11 @@ and a document answers every query the qrels tie it to, in whatever language.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from hbt.data.corpus import Candidate, Corpus, Query, RetrievalSet
+from hbt.data.jsonl import read_jsonl, str_field
 from hbt.data.languages import check_language
 from hbt.errors import InputError
 
@@ -23,22 +23,13 @@ def is_retrieval_dir(path: Path) -> bool:
     return path.is_dir() and all((path / name).exists() for name in FILES)
 
 
-def _rows(path: Path) -> list[tuple[str, str, str, str]]:
+def _rows(path: Path) -> list[tuple[str, str, str, str, str]]:
     """(where, id, text, lang, title) of each line of a queries/corpus JSONL file."""
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(where, f"malformed JSON at column {e.colno}: {e.msg}") from None
-            for key in ("id", "text", "lang"):
-                if not isinstance(row.get(key), str) or not row[key]:
-                    raise InputError(where, f"missing or empty field '{key}'")
-            rows.append((where, row["id"], row["text"], check_language(row["lang"], f"{where} field 'lang'"), row.get("title") or row["id"]))
+    for where, row in read_jsonl(path):
+        doc_id, text = str_field(row, "id", where), str_field(row, "text", where)
+        lang = check_language(str_field(row, "lang", where), f"{where} field 'lang'")
+        rows.append((where, doc_id, text, lang, row.get("title") or doc_id))
     return rows
 
 
