@@ -181,3 +181,16 @@ def test_empty_language_is_an_input_error() -> None:
     rs.queries["ru"] = []
     with pytest.raises(InputError, match="language 'ru': has no queries"):
         Layout.of(rs, SPEC)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_find_most_true_neighbours(kind: str) -> None:
+    from hbt.eval.search import build_index, local_topk
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((4000, 32)).astype(np.float32)
+    queries = vectors[:200] + 0.1 * rng.standard_normal((200, 32)).astype(np.float32)
+    _, exact = local_topk(build_index(vectors, "flat"), queries, np.arange(4000), 10)
+    _, approx = local_topk(build_index(vectors, kind), queries, np.arange(4000), 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert (approx[:, 0] == np.arange(200)).mean() > 0.95 and recall > 0.5, recall

@@ -74,3 +74,15 @@ def test_usr1_requeues_and_resumes_to_the_same_final_step(tmp_path: Path) -> Non
     assert "requeueing job" in log and "(restart 1)" in log, log
     assert max(steps(run)) == 3 * steps_per_epoch(["--config", *args[:1], *args[1:]])
     assert "resumed from" in "".join(p.read_text() for p in (run / "logs").iterdir())
+
+
+def test_sbatch_eval(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    out = sbatch("--wait", *CPU, f"--output={tmp_path}/train.out", "slurm/train.sh", "configs/tiny.yaml", f"run.dir={run}",
+                 f"data.cache_dir={tmp_path}/cache", "train.max_steps=5", "eval.settings=mono")
+    assert out.returncode == 0, out.stderr
+    ev = sbatch("--wait", *CPU, f"--output={tmp_path}/eval.out", "slurm/eval.sh", str(run / "model"),
+                "synthetic:items=300,languages=3", "--out", str(tmp_path / "ev"))
+    assert ev.returncode == 0, ev.stderr + (tmp_path / "eval.out").read_text()
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert len(metrics["cross"]) == 6 and metrics["summary"]["multi_map"] > 0

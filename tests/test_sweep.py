@@ -4,6 +4,7 @@ strategies by name), and the LocalExecutor fallback; table, CSV and plot at the 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -39,11 +40,14 @@ def test_slurm_array_of_the_three_strategies(tmp_path: Path) -> None:
     assert len(list((out / "submitit").glob("*_log.out"))) >= 3  # one array task each
 
 
-def test_local_executor_and_bad_strategy(tmp_path: Path) -> None:
+def test_local_executor_two_task_job_and_bad_strategy(tmp_path: Path) -> None:
+    """A 2-task job gets a 2-rank torch.distributed world from submitit's environment helper."""
     out = tmp_path / "local"
     result = run_hbt("sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--executor", "local", "--out", str(out),
-                     "--wait-timeout", "300", *SMALL, f"data.cache_dir={tmp_path}/cache", timeout=400)
+                     "--tasks-per-node", "2", "--wait-timeout", "300", *SMALL, f"data.cache_dir={tmp_path}/cache", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [float(r["alpha"]) for r in rows(out)] == [0.5] and float(rows(out)[0]["multi_map"]) > 0
+    launch = json.loads((Path(rows(out)[0]["run_dir"]) / "launch.json").read_text())
+    assert launch["world_size"] == 2 and launch["launcher"] == "torchrun"
     bad = run_hbt("sweep", "--config", "configs/tiny.yaml", "--strategies", "hybird", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown strategy 'hybird'" in bad.stderr
