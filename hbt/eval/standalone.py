@@ -9,7 +9,6 @@ from pathlib import Path
 from hbt import dist as hdist
 from hbt.data import holdout_titles, load_corpus, split_by_title
 from hbt.data.tokenize import TextSpec
-from hbt.errors import InputError
 from hbt.model import BiEncoder, load_pretrained
 
 
@@ -60,8 +59,6 @@ def run_eval(a: EvalArgs) -> dict:
     corpus = load_corpus(a.data)
     if a.holdout_titles:
         _, corpus = split_by_title(corpus, holdout_titles(corpus, a.holdout_titles, seed=a.seed))
-    if not Path(a.model).exists() and "/" not in a.model:
-        raise InputError("--model", f"no such model directory {a.model}")
     defaults = model_settings(Path(a.model)) if Path(a.model).is_dir() else {}
     pick = lambda given, key, fallback: given if given is not None else defaults.get(key) or fallback  # noqa: E731
     spec = TextSpec(pick(a.query_prefix, "query_prefix", ""), pick(a.passage_prefix, "passage_prefix", ""),
