@@ -1,0 +1,164 @@
+"""Training-step throughput on one process: a bare PyTorch loop, hbt's engine, and
+sentence-transformers (SentenceTransformerTrainer + MultipleNegativesRankingLoss).
+
+Same model, same contrastive batch, same length limits, same pairs: the batches are
+hbt's sampler plan for the config, and the bare loop and sentence-transformers get the
+same (query, passage) texts. Every contender pays its own data path per step (hbt and
+the bare loop read pre-tokenised ids, sentence-transformers tokenises in its collator).
+Each measurement is a fresh process; samples/s is the median over the steps after
+--warmup; contenders alternate within each round; the table gives medians over rounds
+and ratios against the bare loop.
+
+    python bench/train_step.py --preset tiny --rounds 5
+    python bench/train_step.py --preset me5 --rounds 5 --steps 8 --warmup 2   # needs ../shared
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PRESETS = {
+    "tiny": {"model": "runs/tiny/model", "data": "synthetic:items=4000,languages=4,seed=0", "prefixes": ("", ""),
+             "batch": 64, "steps": 40, "warmup": 5},
+    "me5": {"model": "../shared/models/me5-small-xquad", "data": "../shared/data/xquad-r", "prefixes": ("query: ", "passage: "),
+            "batch": 32, "steps": 8, "warmup": 2},
+}
+MAXQ, MAXP, LR, TEMP = 32, 64, 2e-5, 0.05
+
+
+def hbt_overrides(p: dict, tmp: str, steps: int) -> list[str]:
+    return [f"run.dir={tmp}/run", f"data.train={p['data']}", f"model.name={p['model']}", f"model.query_prefix={p['prefixes'][0]}",
+            f"model.passage_prefix={p['prefixes'][1]}", f"model.max_query_length={MAXQ}", f"model.max_passage_length={MAXP}",
+            f"train.batch_size={p['batch']}", f"train.max_steps={steps}", f"train.lr={LR}", f"train.temperature={TEMP}",
+            "train.checkpoint_every=100000", "train.grad_clip=0", "data.holdout_titles=null", f"data.cache_dir={tmp}/cache",
+            "train.warmup_ratio=0", "model.dropout=0.1", "train.epochs=100"]
+
+
+def text_batches(p: dict, steps: int) -> list[tuple[list[str], list[str]]]:
+    """The (queries, passages) of hbt's first ``steps`` contrastive batches, prefixes applied."""
+    from hbt.config import load_config
+    from hbt.sampler import HybridBatchSampler, LanguageIndex
+    from hbt.train import split_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config("configs/tiny.yaml", hbt_overrides(p, tmp, steps))
+    corpus, _ = split_data(cfg)
+    sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg.train.sampler(cfg.run.seed))
+    out = []
+    for epoch in range(10**6):
+        for batch in sampler.plan(epoch):
+            items = corpus.items
+            out.append(([p["prefixes"][0] + items[i].pairs[q].query for i, q, _ in batch.pairs],
+                        [p["prefixes"][1] + items[i].pairs[y].passage for i, _, y in batch.pairs]))
+            if len(out) == steps:
+                return out
+    return out
+
+
+def run_bare(p: dict, steps: int, warmup: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    from hbt.data.tokenize import pad
+    from hbt.model import BiEncoder, load_pretrained
+
+    batches = text_batches(p, steps)
+    encoder, tok = load_pretrained(p["model"])
+    model = BiEncoder(encoder, "mean").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    ids = [(tok(q, truncation=True, max_length=MAXQ)["input_ids"], tok(d, truncation=True, max_length=MAXP)["input_ids"]) for q, d in batches]
+    times = []
+    for q, d in ids:
+        tick = time.perf_counter()
+        qe, de = model(**pad(q, tok.pad_token_id)), model(**pad(d, tok.pad_token_id))
+        F.cross_entropy(qe @ de.T / TEMP, torch.arange(len(q))).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - tick)
+    return p["batch"] / statistics.median(times[warmup:])
+
+
+def run_hbt(p: dict, steps: int, warmup: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "hbt", "train", "--config", "configs/tiny.yaml", *hbt_overrides(p, tmp, steps), "eval.settings=mono"]
+        subprocess.run(cmd, check=True, capture_output=True)
+        records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
+        return statistics.median(r["samples_per_s"] for r in records[warmup:])
+
+
+def run_st(p: dict, steps: int, warmup: int) -> float:
+    import datasets
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.models import Normalize, Pooling, Transformer
+    from transformers import TrainerCallback
+
+    batches = text_batches(p, steps)
+    transformer = Transformer(p["model"], max_seq_length=MAXP)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_word_embedding_dimension(), "mean"), Normalize()], device="cpu")
+    data = datasets.Dataset.from_dict({"anchor": [q for qs, _ in batches for q in qs], "positive": [d for _, ds in batches for d in ds]})
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *args, **kwargs):
+            self.tick = time.perf_counter()
+
+        def on_step_end(self, *args, **kwargs):
+            times.append(time.perf_counter() - self.tick)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=p["batch"], max_steps=steps, learning_rate=LR, warmup_steps=0,
+            report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_drop_last=True, seed=0)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                             loss=MultipleNegativesRankingLoss(model, scale=1 / TEMP), callbacks=[Clock()])
+        trainer.train()
+    return p["batch"] / statistics.median(times[warmup:])
+
+
+CONTENDERS = {"bare": run_bare, "hbt": run_hbt, "sentence-transformers": run_st}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    p = PRESETS[args.preset]
+    steps, warmup = args.steps or p["steps"], args.warmup or p["warmup"]
+    if args.child:
+        print(json.dumps({"samples_per_s": CONTENDERS[args.child](p, steps, warmup)}))
+        return
+    import torch
+
+    print(f"{os.cpu_count()} cores, torch {torch.__version__}; {p['model']}, contrastive batch {p['batch']}, "
+          f"max lengths {MAXQ}/{MAXP}, {steps} steps ({warmup} warm-up), {args.rounds} rounds alternating")
+    results: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    for _ in range(args.rounds):
+        for name in CONTENDERS:
+            out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--steps", str(steps), "--warmup", str(warmup),
+                                  "--child", name], capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
+            results[name].append(json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"])
+    bare = statistics.median(results["bare"])
+    print("| contender | samples/s (median) | runs | vs bare loop |")
+    print("|---|---:|---|---:|")
+    for name, rates in results.items():
+        med = statistics.median(rates)
+        print(f"| {name} | {med:.1f} | {', '.join(f'{r:.0f}' for r in rates)} | {med / bare:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
