@@ -4,7 +4,9 @@ sentence-transformers (SentenceTransformerTrainer + MultipleNegativesRankingLoss
 Same model, same contrastive batch, same length limits, same pairs: the batches are
 hbt's sampler plan for the config, and the bare loop and sentence-transformers get the
 same (query, passage) texts. Every contender pays its own data path per step (hbt and
-the bare loop read pre-tokenised ids, sentence-transformers tokenises in its collator).
+the bare loop read pre-tokenised ids, sentence-transformers tokenises in its collator):
+hbt and sentence-transformers are timed from one step's end to the next, the bare loop
+from padding to optimizer step.
 Each measurement is a fresh process; samples/s is the median over the steps after
 --warmup; contenders alternate within each round; the table gives medians over rounds
 and ratios against the bare loop.
@@ -98,21 +100,20 @@ def run_st(p: dict, steps: int, warmup: int) -> float:
     import datasets
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.models import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import TrainerCallback
 
     batches = text_batches(p, steps)
     transformer = Transformer(p["model"], max_seq_length=MAXP)
     model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_word_embedding_dimension(), "mean"), Normalize()], device="cpu")
     data = datasets.Dataset.from_dict({"anchor": [q for qs, _ in batches for q in qs], "positive": [d for _, ds in batches for d in ds]})
-    times: list[float] = []
+    ends: list[float] = []
 
     class Clock(TrainerCallback):
-        def on_step_begin(self, *args, **kwargs):
-            self.tick = time.perf_counter()
+        """Step end to step end, like hbt's samples/s: includes fetching and collating."""
 
         def on_step_end(self, *args, **kwargs):
-            times.append(time.perf_counter() - self.tick)
+            ends.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as tmp:
         args = SentenceTransformerTrainingArguments(
@@ -121,6 +122,7 @@ def run_st(p: dict, steps: int, warmup: int) -> float:
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
                                              loss=MultipleNegativesRankingLoss(model, scale=1 / TEMP), callbacks=[Clock()])
         trainer.train()
+    times = [b - a for a, b in zip(ends, ends[1:])]
     return p["batch"] / statistics.median(times[warmup:])
 
 

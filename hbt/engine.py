@@ -85,10 +85,7 @@ class Engine:
 
         self.cfg, self.env, self.data, self.sampler, self.run_dir = cfg, env, data, sampler, run_dir
         t = cfg.train
-        self.epoch_lengths = [len(sampler.plan(e)) for e in range(t.epochs)]
-        self.total_steps = sum(self.epoch_lengths) // t.grad_accum
-        if t.max_steps:
-            self.total_steps = min(self.total_steps, t.max_steps)
+        self.total_steps = self._count_steps(t)
         self.ds_config = deepspeed_config(t, sampler.per_rank, env.world_size, self.total_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=self.ds_config)
         self.collate = PairCollator(pad_id=data.tokenizer.pad_token_id, hard_negatives=t.hard_negatives)
@@ -97,6 +94,15 @@ class Engine:
         self.state = TrainState()
         self._signal: int | None = None
         self._evaluated_at = -1
+
+    def _count_steps(self, t: TrainConfig) -> int:
+        """Optimizer steps of the whole run: epochs are planned only as far as needed."""
+        batches = 0
+        for epoch in range(t.epochs):
+            batches += len(self.sampler.plan(epoch))
+            if t.max_steps and batches // t.grad_accum >= t.max_steps:
+                return t.max_steps
+        return batches // t.grad_accum
 
     @property
     def module(self) -> BiEncoder:
@@ -157,7 +163,7 @@ class Engine:
                 epoch = self.sampler.epoch
                 tick = time.perf_counter()
                 for keys in self.sampler:
-                    batch = self.collate([self.data[k] for k in keys])
+                    batch = self.collate(self.data.rows(keys, negatives=t.hard_negatives > 0))
                     loss = self._micro_step(batch)
                     stop, bad = all_max([float(self._signal is not None), float(not torch.isfinite(loss).item())])
                     if bad:

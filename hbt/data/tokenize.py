@@ -54,6 +54,7 @@ class TokenizedCorpus:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         rows = [(n, lang, pair) for n, item in enumerate(corpus.items) for lang, pair in sorted(item.pairs.items())]
         self.row_of: dict[tuple[int, str], int] = {(n, lang): r for r, (n, lang, _) in enumerate(rows)}
+        self._views: dict[str, datasets.Dataset] = {}
         if self.cache_file.exists():
             self.table = datasets.Dataset.from_file(str(self.cache_file))
             return
@@ -82,12 +83,22 @@ class TokenizedCorpus:
             "negative_ids": grouped,
         }
 
+    def _column(self, name: str, rows: list[int]) -> list:
+        if name not in self._views:  # a one-column view: a lookup then decodes only that column
+            self._views[name] = self.table.select_columns([name])
+        return self._views[name][rows][name]
+
+    def rows(self, keys: list[PairKey], negatives: bool = True) -> list[dict]:
+        """The token ids of a batch of pairs (query in one language, passage in another),
+        read with one Arrow lookup per column rather than one per pair."""
+        q_rows = [self.row_of[(item, q)] for item, q, _ in keys]
+        p_rows = [self.row_of[(item, p)] for item, _, p in keys]
+        queries, passages = self._column("query_ids", q_rows), self._column("passage_ids", p_rows)
+        negs = self._column("negative_ids", p_rows) if negatives else [[] for _ in keys]
+        return [{"query": q, "passage": p, "negatives": n} for q, p, n in zip(queries, passages, negs)]
+
     def __getitem__(self, key: PairKey) -> dict:
-        """The token ids of one training pair: the query in one language, the passage in another."""
-        item, query_lang, passage_lang = key
-        q = self.table[self.row_of[(item, query_lang)]]
-        p = q if passage_lang == query_lang else self.table[self.row_of[(item, passage_lang)]]
-        return {"query": q["query_ids"], "passage": p["passage_ids"], "negatives": p["negative_ids"]}
+        return self.rows([key])[0]
 
     def __len__(self) -> int:
         return len(self.table)
