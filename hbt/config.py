@@ -205,6 +205,8 @@ def _set_dotted(tree: dict, dotted: str, where: str) -> None:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, (dict, list)) and not raw.lstrip().startswith(("{", "[")):
+        value = raw  # "query: " is e5's prefix, not a mapping: only {...} and [...] make collections
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:

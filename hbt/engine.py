@@ -88,6 +88,10 @@ class Engine:
         self.total_steps = self._count_steps(t)
         self.ds_config = deepspeed_config(t, sampler.per_rank, env.world_size, self.total_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=self.ds_config)
+        if env.world_size == 1:
+            # An all-reduce over one rank changes nothing, but DeepSpeed still flattens and
+            # copies every gradient for it: 0.2 s of a 2.9 s step for e5-small on 2 CPU cores.
+            self.engine.enable_backward_allreduce = False
         self.collate = PairCollator(pad_id=data.tokenizer.pad_token_id, hard_negatives=t.hard_negatives)
         self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric)
         self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)

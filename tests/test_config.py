@@ -28,6 +28,8 @@ def test_overrides_are_typed_yaml_values() -> None:
     assert cfg.train.alpha == 0.25 and cfg.train.lr == 0.001 and cfg.train.symmetric is True
     assert cfg.data.holdout_titles == "Warsaw,Normans" and cfg.model.tiny.layers == 3
     assert Path(cfg.train.deepspeed).is_absolute() and Path(cfg.train.deepspeed).is_file()
+    e5 = load_config(ROOT / "configs/tiny.yaml", ["model.query_prefix=query: ", "model.passage_prefix=passage: "])
+    assert (e5.model.query_prefix, e5.model.passage_prefix) == ("query: ", "passage: ")
 
 
 @pytest.mark.parametrize("override,where", [

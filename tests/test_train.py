@@ -120,6 +120,8 @@ def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
     args = overrides(tmp_path, "full", "train.checkpoint_every=4")
     ok(run_hbt("train", *args))
     full = losses(tmp_path / "full")
+    kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert kept == ["latest", "step-00000028", "step-00000030"]  # the last train.keep_checkpoints=2, no tmp-* left
 
     args = overrides(tmp_path, "killed", "train.checkpoint_every=4")
     proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
