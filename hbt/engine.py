@@ -180,8 +180,7 @@ class Engine:
                         continue
                     self.state.step += 1
                     now = time.perf_counter()
-                    global_batch = self.sampler.plan()[self.sampler.cursor - 1]
-                    kind = global_batch.kind if global_batch.kind == "cross" else f"mono/{global_batch.pairs[0][1]}"
+                    kind = self.sampler.plan()[self.sampler.cursor - 1].label
                     monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(loss),
                                   "lr": self.engine.get_lr()[0], "samples_per_s": t.batch_size * t.grad_accum / (now - tick),
                                   "batch": kind})

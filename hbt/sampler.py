@@ -98,6 +98,11 @@ class ContrastiveBatch:
     kind: Literal["mono", "cross"]
     pairs: tuple[PairKey, ...]
 
+    @property
+    def label(self) -> str:
+        """The batch type as logged: ``mono/<lang>`` or ``cross``."""
+        return self.kind if self.kind == "cross" else f"mono/{self.pairs[0][1]}"
+
 
 @dataclass
 class _EpochPlan:
@@ -270,7 +275,7 @@ class HybridBatchSampler:
 
     def mix(self, epoch: int | None = None) -> Counter[str]:
         """Batch-type counts of an epoch: ``mono/<lang>`` per language, and ``cross``."""
-        return Counter(b.kind if b.kind == "cross" else f"mono/{b.pairs[0][1]}" for b in self.plan(epoch))
+        return Counter(b.label for b in self.plan(epoch))
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, **asdict(self.cfg)}
