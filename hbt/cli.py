@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Callable, Sequence
 
 from hbt.errors import EXIT_BAD_INPUT, InputError
@@ -113,18 +114,24 @@ def _report(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hbt.sweep import SweepSpec, collect, parse_alphas, submit, wait, write_table_and_plot
+    from hbt.sweep import SweepSpec, collect, parse_alphas, submit, wait
+    from hbt.sweep_report import write_report
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     spec = SweepSpec(configs=args.config, alphas=parse_alphas(args.alphas, args.strategies), seeds=seeds, out=Path(args.out),
-                     overrides=args.overrides, executor=args.executor, tasks_per_node=args.tasks_per_node, nodes=args.nodes,
-                     gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min,
-                     partition=args.partition, wait_timeout_s=args.wait_timeout)
-    jobs = submit(spec)
-    print(f"submitted {len(jobs)} jobs ({', '.join(j.job_id for j in jobs)}); logs in {spec.out / 'submitit'}", flush=True)
-    problems = wait(jobs, spec.wait_timeout_s)
-    print(write_table_and_plot(collect(spec), spec.out), end="")
-    print(f"table and plot: {spec.out.resolve()}/sweep.{{md,csv,png}}")
+                     overrides=args.overrides, zero_shot=args.zero_shot, executor=args.executor,
+                     tasks_per_node=args.tasks_per_node, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                     cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, partition=args.partition,
+                     wait_timeout_s=args.wait_timeout)
+    problems = []
+    if not args.report_only:
+        tick = time.monotonic()
+        jobs = submit(spec)
+        print(f"submitted {len(jobs)} jobs ({', '.join(j.job_id for j in jobs)}); logs in {spec.out / 'submitit'}", flush=True)
+        problems = wait(jobs, spec.wait_timeout_s)
+        print(f"all jobs ended after {time.monotonic() - tick:.0f} s", flush=True)
+    print(write_report(collect(spec), spec.out), end="")
+    print(f"tables, curves and heatmaps: {spec.out.resolve()}/sweep.{{md,csv,png}}, heatmaps-*.png")
     for line in problems:
         print(f"hbt: {line}", file=sys.stderr)
     return 1 if problems else 0
@@ -186,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--alphas", default=None, help="comma-separated, e.g. 0,0.25,0.5,0.75,1")
     sweep.add_argument("--strategies", default=None, help="by name: mono-only (alpha 1), cross-only (0), hybrid (0.5)")
     sweep.add_argument("--seeds", default="0", help="comma-separated run.seed values")
+    sweep.add_argument("--zero-shot", action="store_true", help="also evaluate each config's untrained model (once)")
+    sweep.add_argument("--report-only", action="store_true", help="submit nothing; rewrite the tables and plots from the run dirs")
     sweep.add_argument("--out", default="runs/sweep", help="sweep directory: one run dir per job, submitit logs, the table")
     sweep.add_argument("--executor", choices=["auto", "local", "slurm"], default="auto", help="auto: Slurm when srun exists")
     sweep.add_argument("--nodes", type=int, default=1)

@@ -31,6 +31,7 @@ class RunConfig:
 class DataConfig:
     train: str = "synthetic"  # LAReQA dir/file, .jsonl, or synthetic[:options]
     holdout_titles: str | float | None = None  # fraction, "Title1,Title2", or @file
+    holdout_seed: int = 0  # picks a fractional hold-out; apart from run.seed, so seeds share one test set
     cache_dir: str = ".cache/hbt"  # Arrow tokenisation cache
 
 
@@ -66,7 +67,7 @@ class TrainConfig:
     language_temperature: float = 1.0
     remainder: Literal["drop", "carry"] = "drop"
     epochs: int = 1
-    max_steps: int | None = None  # stop early (still evaluates and exports)
+    max_steps: int | None = None  # stop early (still evaluates and exports); 0: evaluate the untrained model
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
@@ -120,10 +121,12 @@ class Config:
         positive = {"train.epochs": t.epochs, "train.grad_accum": t.grad_accum, "train.checkpoint_every": t.checkpoint_every,
                     "train.keep_checkpoints": t.keep_checkpoints, "train.log_every": t.log_every,
                     "model.max_query_length": m.max_query_length, "model.max_passage_length": m.max_passage_length,
-                    "train.max_steps": t.max_steps or 1, "train.grad_cache_chunk": t.grad_cache_chunk or 1}
+                    "train.grad_cache_chunk": t.grad_cache_chunk or 1}
         for key, value in positive.items():
             if value < 1:
                 raise InputError(key, f"must be >= 1, got {value}")
+        if t.max_steps is not None and t.max_steps < 0:
+            raise InputError("train.max_steps", f"must be >= 0 (0: evaluate the untrained model), got {t.max_steps}")
         for key, value in {"train.lr": t.lr, "train.temperature": t.temperature}.items():
             if not value > 0:
                 raise InputError(key, f"must be > 0, got {value}")

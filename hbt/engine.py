@@ -104,7 +104,7 @@ class Engine:
         batches = 0
         for epoch in range(t.epochs):
             batches += len(self.sampler.plan(epoch))
-            if t.max_steps and batches // t.grad_accum >= t.max_steps:
+            if t.max_steps is not None and batches // t.grad_accum >= t.max_steps:
                 return t.max_steps
         return batches // t.grad_accum
 
@@ -197,7 +197,7 @@ class Engine:
                     self.sampler.set_epoch(epoch + 1)
                     if evaluate is not None and (self.cfg.eval.every_epoch or self.sampler.epoch >= t.epochs):
                         self._evaluate(evaluate, f"epoch-{epoch}", monitor)
-            if self.checkpointer.latest() != f"step-{self.state.step:08d}":
+            if self.state.step and self.checkpointer.latest() != f"step-{self.state.step:08d}":
                 self.save()
             if evaluate is not None and self._evaluated_at != self.state.step:
                 self._evaluate(evaluate, f"step-{self.state.step}", monitor)

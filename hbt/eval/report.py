@@ -33,6 +33,27 @@ def map_matrix(results: dict) -> tuple[list[str], list[str], np.ndarray]:
     return rows, cols, matrix
 
 
+def draw_heatmap(ax, rows: list[str], cols: list[str], matrix: np.ndarray, title: str, vmax: float | None = None):
+    """Draw a query-language x candidate-language mAP matrix, values in the cells, on
+    ``ax``; returns the image (for a colour bar). Shared by one evaluation's heatmap and
+    the side-by-side strategy heatmaps of a sweep."""
+    finite = np.isfinite(matrix).any()
+    top = vmax if vmax is not None else (max(1e-9, float(np.nanmax(matrix))) if finite else 1.0)
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=top)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("candidate language")
+    ax.set_ylabel("query language")
+    ax.set_title(title, fontsize=10)
+    size = 7 if len(cols) <= 8 else 5.5
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=size,
+                        color="black" if matrix[i, j] > 0.6 * top else "white")
+    return image
+
+
 def heatmap(results: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -41,18 +62,7 @@ def heatmap(results: dict, path: Path, title: str) -> None:
 
     rows, cols, matrix = map_matrix(results)
     fig, ax = plt.subplots(figsize=(max(4.8, 1.4 + 0.62 * len(cols)), max(3.6, 1.2 + 0.55 * len(rows))))
-    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(1e-9, np.nanmax(matrix)) if np.isfinite(matrix).any() else 1)
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_xlabel("candidate language")
-    ax.set_ylabel("query language")
-    ax.set_title(title, fontsize=10)
-    top = np.nanmax(matrix) if np.isfinite(matrix).any() else 1
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            if np.isfinite(matrix[i, j]):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if matrix[i, j] > 0.6 * top else "white")
+    image = draw_heatmap(ax, rows, cols, matrix, title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="mAP")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

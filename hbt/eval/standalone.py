@@ -9,7 +9,7 @@ from pathlib import Path
 from hbt import dist as hdist
 from hbt.data import holdout_titles, load_corpus, split_by_title
 from hbt.data.tokenize import TextSpec
-from hbt.model import BiEncoder, load_pretrained
+from hbt.model import BiEncoder, load_pretrained, resolve_model_name
 
 
 @dataclass
@@ -59,12 +59,13 @@ def run_eval(a: EvalArgs) -> dict:
     corpus = load_corpus(a.data)
     if a.holdout_titles:
         _, corpus = split_by_title(corpus, holdout_titles(corpus, a.holdout_titles, seed=a.seed))
-    defaults = model_settings(Path(a.model)) if Path(a.model).is_dir() else {}
+    model_dir = resolve_model_name(a.model)
+    defaults = model_settings(Path(model_dir)) if Path(model_dir).is_dir() else {}
     pick = lambda given, key, fallback: given if given is not None else defaults.get(key) or fallback  # noqa: E731
     spec = TextSpec(pick(a.query_prefix, "query_prefix", ""), pick(a.passage_prefix, "passage_prefix", ""),
                     pick(a.max_length, "max_query_length", 128), pick(a.max_length, "max_passage_length", 128))
     env = hdist.init()
-    encoder, tokenizer = load_pretrained(a.model)
+    encoder, tokenizer = load_pretrained(model_dir)
     model = BiEncoder(encoder, pick(a.pooling, "pooling", "mean"))
     if torch.cuda.is_available():
         model = model.to(f"cuda:{env.local_rank}")

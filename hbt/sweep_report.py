@@ -1,0 +1,144 @@
+"""What a finished sweep leaves behind: per-job CSV, one Markdown table per config (mean
+and spread over seeds per strategy), the alpha curve, and each config's cross-lingual
+heatmaps side by side (zero-shot, mono-only, hybrid, cross-only; mean over seeds).
+
+These are the figures of docs/REPLICATION.md; ``hbt sweep`` writes them after its jobs
+end, and ``hbt sweep --report-only`` rewrites them from the run directories.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from hbt.eval.report import draw_heatmap, latest_metrics, map_matrix
+from hbt.sweep import COLUMNS, STRATEGIES, ZERO_SHOT
+
+NAMES = {"mono_map": "mono mAP", "cross_map": "cross mAP", "multi_map": "multilingual mAP",
+         "rank_spread": "rank spread", "own_language_first": "own-language first"}
+CURVES = (("mono_map", "tab:blue"), ("cross_map", "tab:orange"), ("multi_map", "tab:green"))
+HEATMAP_ORDER = (ZERO_SHOT, "mono-only", "hybrid", "cross-only")
+
+
+def _groups(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """config -> strategy -> rows; strategies ordered zero-shot first, then alpha high to low."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for row in rows:
+        out.setdefault(row["config"], {}).setdefault(row["strategy"], []).append(row)
+    order = lambda item: (item[1][0]["alpha"] != "", -(item[1][0]["alpha"] if item[1][0]["alpha"] != "" else 0))  # noqa: E731
+    return {config: dict(sorted(by.items(), key=order)) for config, by in out.items()}
+
+
+def _stats(group: list[dict], key: str) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (std NaN for one seed)."""
+    values = np.array([r[key] for r in group], dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def _cell(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown_tables(rows: list[dict]) -> str:
+    """One table per config: a row per strategy, mean ± std over seeds of each column."""
+    parts = []
+    for config, by_strategy in _groups(rows).items():
+        lines = [f"### {config}", "", "| strategy | alpha | seeds | " + " | ".join(NAMES[k] for k in COLUMNS) + " |",
+                 "|---|---:|---:|" + "---:|" * len(COLUMNS)]
+        for strategy, group in by_strategy.items():
+            alpha = group[0]["alpha"]
+            cells = [_cell(*_stats(group, key)) for key in COLUMNS]
+            done = sum(math.isfinite(float(r["mono_map"])) for r in group)
+            lines.append(f"| {strategy} | {'-' if alpha == '' else f'{alpha:g}'} | {done} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def alpha_curves(rows: list[dict], path: Path) -> None:
+    """Per config: mean mAP (mono, cross, multilingual; bars: std over seeds) and the
+    own-language-first share against alpha; the zero-shot model as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(rows)
+    fig, axes = plt.subplots(2, len(groups), figsize=(4.2 * len(groups), 6.4), squeeze=False, sharex=True)
+    for col, (config, by_strategy) in enumerate(groups.items()):
+        trained = {g[0]["alpha"]: g for g in by_strategy.values() if g[0]["alpha"] != ""}
+        alphas = sorted(trained)
+        zero = by_strategy.get(ZERO_SHOT)
+        top, bottom = axes[0, col], axes[1, col]
+        for key, colour in (*CURVES, ("own_language_first", "tab:red")):
+            ax = bottom if key == "own_language_first" else top
+            stats = [_stats(trained[a], key) for a in alphas]
+            ax.errorbar(alphas, [m for m, _ in stats], yerr=[0 if math.isnan(s) else s for _, s in stats], fmt="o-",
+                        color=colour, capsize=3, label=NAMES[key])
+            if zero:
+                ax.axhline(_stats(zero, key)[0], color=colour, linestyle="--", linewidth=1)
+        top.set_title(config)
+        top.set_ylabel("mAP (dashed: zero-shot)")
+        bottom.set_ylabel("own-language-first share")
+        bottom.set_xlabel("alpha (share of monolingual batches)")
+        top.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def strategy_heatmaps(rows: list[dict], config: str, path: Path) -> bool:
+    """The config's cross-lingual mAP matrices, one panel per strategy (mean over seeds),
+    on one colour scale; False when no strategy of HEATMAP_ORDER has results."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    by_strategy = _groups(rows).get(config, {})
+    for strategy in HEATMAP_ORDER:
+        matrices = []
+        for row in by_strategy.get(strategy, []):
+            try:
+                langs_q, langs_c, matrix = map_matrix(json.loads(latest_metrics(Path(row["run_dir"])).read_text()))
+            except (OSError, ValueError):
+                continue
+            matrices.append(matrix)
+        if matrices:
+            panels.append((strategy, len(matrices), langs_q, langs_c, np.nanmean(matrices, axis=0)))
+    if not panels:
+        return False
+    top = max(float(np.nanmax(m)) for *_, m in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.9), squeeze=False)
+    for ax, (strategy, seeds, langs_q, langs_c, matrix) in zip(axes[0], panels):
+        alpha = "" if strategy == ZERO_SHOT else f", alpha {STRATEGIES[strategy]:g}"
+        image = draw_heatmap(ax, langs_q, langs_c, matrix, f"{config}: {strategy}{alpha}\nmAP, mean of {seeds} seed(s)", vmax=top)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.015, pad=0.01, label="mAP")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def write_report(rows: list[dict], out: Path) -> str:
+    """sweep.csv, sweep.md, sweep.png (alpha curves) and heatmaps-CONFIG.png in ``out``;
+    returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "sweep.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    markdown = markdown_tables(rows)
+    (out / "sweep.md").write_text(markdown)
+    alpha_curves(rows, out / "sweep.png")
+    for config in _groups(rows):
+        strategy_heatmaps(rows, config, out / f"heatmaps-{config}.png")
+    return markdown
