@@ -5,7 +5,7 @@ exact-rank / metrics time; (2) FAISS search alone over a synthetic pool of 1,000
 
 Runs alternate between the contenders; medians over --rounds, ratios against 1 process.
 
-    python bench/eval_speed.py --model runs/tiny/model --data ../shared/data/xquad-r [--rounds 3]
+    python bench/eval_speed.py --model runs/tiny/model --data ../shared/data/xquad-r [--rounds 5]
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 import numpy as np
+from benchlib import alternate, machine, median_table
 
 
 def full_eval(model: str, data: str, ranks: int) -> dict:
@@ -70,42 +71,28 @@ def sharded_search(world: int, n: int, dim: int, queries: int, k: int) -> dict:
         return json.load(open(out))
 
 
-def median_table(name: str, results: dict[int, list[dict]]) -> None:
-    keys = list(results[1][0])
-    print(f"\n{name}")
-    print("| ranks | " + " | ".join(keys) + " | speed-up (wall) |")
-    print("|---:|" + "---:|" * (len(keys) + 1))
-    base = statistics.median(r[keys[0]] for r in results[1])
-    for ranks, runs in results.items():
-        med = {key: statistics.median(r[key] for r in runs) for key in keys}
-        print(f"| {ranks} | " + " | ".join(f"{med[key]:.2f}" for key in keys) + f" | {base / med[keys[0]]:.2f} |")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/tiny/model")
     parser.add_argument("--data", default="../shared/data/xquad-r")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--skip-full", action="store_true")
     args = parser.parse_args()
-    import torch
-
-    print(f"{os.cpu_count()} cores, torch {torch.__version__}; medians of {args.rounds} rounds, contenders alternating")
+    print(f"{machine()}\nmedians of {args.rounds} rounds, 1 and 2 ranks alternating")
     if not args.skip_full:
-        full: dict[int, list[dict]] = {1: [], 2: []}
-        for _ in range(args.rounds):
-            for ranks in full:
-                full[ranks].append(full_eval(args.model, args.data, ranks))
-        median_table(f"Full evaluation of {args.model} on {args.data} (seconds)", full)
-    search: dict[int, list[dict]] = {1: [], 2: []}
-    for _ in range(args.rounds):
-        for world in search:
-            search[world].append(sharded_search(world, args.vectors, args.dim, args.queries, args.k))
-    median_table(f"FAISS flat search, {args.vectors:,} x {args.dim}-d vectors, {args.queries} queries, top-{args.k} (seconds)", search)
+        full = alternate({f"{n} rank{'s' * (n > 1)}": partial(full_eval, args.model, args.data, n) for n in (1, 2)}, args.rounds)
+        columns = {"wall_s": "wall", "encode_s": "encode", "rank_s": "exact ranks", "index_s": "index", "search_s": "search",
+                   "metrics_s": "metrics"}
+        print(f"\nFull evaluation of {args.model} on {args.data} (seconds)\n"
+              + median_table(full, columns, ratios=["wall_s"], label="ranks", runs_of="wall_s"))
+    search = alternate({f"{n} rank{'s' * (n > 1)}": partial(sharded_search, n, args.vectors, args.dim, args.queries, args.k)
+                        for n in (1, 2)}, args.rounds)
+    print(f"\nFAISS flat search, {args.vectors:,} x {args.dim}-d vectors, {args.queries} queries, top-{args.k} (seconds)\n"
+          + median_table(search, {"search_s": "search"}, ratios=["search_s"], label="ranks", runs_of="search_s"))
 
 
 if __name__ == "__main__":

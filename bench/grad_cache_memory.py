@@ -6,7 +6,7 @@ and timed training steps (forward both sides, InfoNCE, backward, AdamW) of a ran
 initialised XLM-R-architecture encoder. Plain and GradCache alternate within each round;
 the table gives medians over rounds and the GradCache/plain ratios.
 
-    python bench/grad_cache_memory.py [--batches 64 256 1024] [--chunk 32] [--rounds 3]
+    python bench/grad_cache_memory.py [--batches 64 256 1024] [--chunk 32] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
+from functools import partial
+
+from benchlib import alternate, child, machine, median_table
 
 
 def one(batch: int, chunk: int | None, seq: int, steps: int) -> dict:
@@ -55,29 +57,22 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--seq", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         batch, chunk = json.loads(args.child)
         print(json.dumps(one(batch, chunk, args.seq, args.steps)))
         return
-    import torch
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; encoder 4x256, seq {args.seq}, chunk {args.chunk}")
-    print("| contrastive batch | plain peak MiB | GradCache peak MiB | memory ratio | plain samples/s | GradCache samples/s | speed ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"{machine()}\nencoder 4x256, seq {args.seq}, chunk {args.chunk}, {args.steps} timed steps after 1 warm-up, "
+          f"medians of {args.rounds} rounds, plain and GradCache alternating")
     for batch in args.batches:
-        results: dict[str, list[dict]] = {"plain": [], "gc": []}
-        for _ in range(args.rounds):
-            for name, chunk in (("plain", None), ("gc", args.chunk)):
-                out = subprocess.run([sys.executable, __file__, "--child", json.dumps([batch, chunk]), "--seq", str(args.seq),
-                                      "--steps", str(args.steps)], capture_output=True, text=True, check=True)
-                results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in results.items()}
-        p, g = med["plain"], med["gc"]
-        print(f"| {batch} | {p['peak_rss_mib']:.0f} | {g['peak_rss_mib']:.0f} | {g['peak_rss_mib'] / p['peak_rss_mib']:.2f} "
-              f"| {p['samples_per_s']:.1f} | {g['samples_per_s']:.1f} | {g['samples_per_s'] / p['samples_per_s']:.2f} |", flush=True)
+        command = [sys.executable, __file__, "--seq", str(args.seq), "--steps", str(args.steps), "--child"]
+        results = alternate({"plain": partial(child, [*command, json.dumps([batch, None])]),
+                             "GradCache": partial(child, [*command, json.dumps([batch, args.chunk])])}, args.rounds)
+        print(f"\ncontrastive batch {batch}\n" + median_table(
+            results, {"peak_rss_mib": "peak RSS MiB", "samples_per_s": "samples/s"}, ratios=["peak_rss_mib", "samples_per_s"], label="step",
+            runs_of="samples_per_s", digits=1), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+
+from benchlib import alternate, child, machine, median_table
 
 PRESETS = {
     "tiny": {"model": "runs/tiny/model", "data": "synthetic:items=4000,languages=4,seed=0", "prefixes": ("", ""),
@@ -142,24 +144,12 @@ def main() -> None:
     if args.child:
         print(json.dumps({"samples_per_s": CONTENDERS[args.child](p, steps, warmup)}))
         return
-    import torch
-
-    print(f"{os.cpu_count()} cores, torch {torch.__version__}; {p['model']}, contrastive batch {p['batch']}, "
-          f"max lengths {MAXQ}/{MAXP}, {steps} steps ({warmup} warm-up), {args.rounds} rounds alternating")
-    results: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    for _ in range(args.rounds):
-        for name in CONTENDERS:
-            out = subprocess.run([sys.executable, __file__, "--preset", args.preset, "--steps", str(steps), "--warmup", str(warmup),
-                                  "--child", name], capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-            results[name].append(json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"])
-    bare = statistics.median(results["bare"])
-    print("| contender | samples/s (median) | runs | vs bare loop |")
-    print("|---|---:|---|---:|")
-    for name, rates in results.items():
-        med = statistics.median(rates)
-        print(f"| {name} | {med:.1f} | {', '.join(f'{r:.0f}' for r in rates)} | {med / bare:.2f} |")
+    print(f"{machine()}\n{p['model']}, contrastive batch {p['batch']}, max lengths {MAXQ}/{MAXP}, {steps} steps "
+          f"({warmup} warm-up), medians of {args.rounds} rounds, contenders alternating\n")
+    command = [sys.executable, __file__, "--preset", args.preset, "--steps", str(steps), "--warmup", str(warmup), "--child"]
+    results = alternate({name: partial(child, [*command, name]) for name in CONTENDERS}, args.rounds)
+    print(median_table(results, {"samples_per_s": "samples/s"}, ratios=["samples_per_s"], label="contender",
+                       runs_of="samples_per_s", digits=1))
 
 
 if __name__ == "__main__":
