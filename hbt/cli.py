@@ -114,7 +114,7 @@ def _report(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hbt.sweep import SweepSpec, collect, parse_alphas, submit, wait
+    from hbt.sweep import SweepSpec, collect, parse_alphas, run_sweep
     from hbt.sweep_report import write_report
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -122,13 +122,11 @@ def _sweep(args: argparse.Namespace) -> int:
                      overrides=args.overrides, zero_shot=args.zero_shot, executor=args.executor,
                      tasks_per_node=args.tasks_per_node, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                      cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, partition=args.partition,
-                     wait_timeout_s=args.wait_timeout)
+                     max_parallel=args.max_parallel, wait_timeout_s=args.wait_timeout)
     problems = []
     if not args.report_only:
         tick = time.monotonic()
-        jobs = submit(spec)
-        print(f"submitted {len(jobs)} jobs ({', '.join(j.job_id for j in jobs)}); logs in {spec.out / 'submitit'}", flush=True)
-        problems = wait(jobs, spec.wait_timeout_s)
+        problems = run_sweep(spec, log=lambda line: print(line, flush=True))
         print(f"all jobs ended after {time.monotonic() - tick:.0f} s", flush=True)
     print(write_report(collect(spec), spec.out), end="")
     print(f"tables, curves and heatmaps: {spec.out.resolve()}/sweep.{{md,csv,png}}, heatmaps-*.png")
@@ -203,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cpus-per-task", type=int, default=1)
     sweep.add_argument("--partition", default=None)
     sweep.add_argument("--timeout-min", type=int, default=60, help="each job's time limit")
+    sweep.add_argument("--max-parallel", type=int, default=None, help="jobs running at once (default: all; local executor: in waves)")
     sweep.add_argument("--wait-timeout", type=float, default=4 * 3600, help="seconds to wait for all jobs before cancelling")
     sweep.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides for every job")
     sweep.set_defaults(run=_sweep)

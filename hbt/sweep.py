@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
+from typing import Callable
 
 from hbt.errors import InputError
 from hbt.eval.report import latest_metrics
@@ -65,6 +66,7 @@ class SweepSpec:
     cpus_per_task: int = 1
     timeout_min: int = 60
     partition: str | None = None
+    max_parallel: int | None = None  # jobs running at once (default: all)
     wait_timeout_s: float = 4 * 3600
 
     def runs(self) -> list[SweepRun]:
@@ -120,8 +122,11 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(self, config, overrides)
 
 
-def submit(spec: SweepSpec) -> list:
-    """Validate every job's config, then submit the array; returns submitit jobs."""
+def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print) -> list[str]:
+    """Validate every job's config, submit, and wait for all jobs, never longer than
+    ``spec.wait_timeout_s`` in total. Slurm runs at most ``max_parallel`` array tasks at
+    once; submitit's LocalExecutor has no such limit, so it gets the jobs in waves of
+    ``max_parallel``. Returns one line per job that failed, timed out or never started."""
     import submitit
 
     from hbt.config import load_config
@@ -130,18 +135,30 @@ def submit(spec: SweepSpec) -> list:
     runs = spec.runs()
     for run in runs:  # a bad config or a missing model package fails here, before anything is queued
         resolve_model_name(load_config(run.config, list(run.overrides)).model.name)
+    width = spec.max_parallel or len(runs)
     kind = None if spec.executor == "auto" else spec.executor
     executor = submitit.AutoExecutor(folder=spec.out / "submitit", cluster=kind)
     params = dict(timeout_min=spec.timeout_min, tasks_per_node=spec.tasks_per_node, nodes=spec.nodes,
                   cpus_per_task=spec.cpus_per_task, name="hbt-sweep")
     if executor.cluster == "slurm":
-        params.update(slurm_array_parallelism=len(runs), slurm_gpus_per_node=spec.gpus_per_node)
+        params.update(slurm_array_parallelism=width, slurm_gpus_per_node=spec.gpus_per_node)
         if spec.partition:
             params["slurm_partition"] = spec.partition
+        width = len(runs)  # Slurm enforces the limit itself: one array
     elif spec.gpus_per_node:
         params["gpus_per_node"] = spec.gpus_per_node
     executor.update_parameters(**params)
-    return executor.map_array(TrainJob(), [r.config for r in runs], [list(r.overrides) for r in runs])
+    deadline = time.monotonic() + spec.wait_timeout_s
+    problems: list[str] = []
+    for start in range(0, len(runs), width):
+        wave = runs[start:start + width]
+        if time.monotonic() >= deadline:
+            problems += [f"{run.run_dir.name}: not started, --wait-timeout passed" for run in wave]
+            continue
+        jobs = executor.map_array(TrainJob(), [r.config for r in wave], [list(r.overrides) for r in wave])
+        log(f"submitted {len(jobs)} jobs ({', '.join(j.job_id for j in jobs)}); logs in {spec.out / 'submitit'}")
+        problems += wait(jobs, deadline - time.monotonic())
+    return problems
 
 
 def wait(jobs: list, timeout_s: float, poll_s: float = 2.0) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hbt.sweep import SweepSpec, collect, submit, wait
+from hbt.sweep import SweepSpec, collect, run_sweep
 from hbt.sweep_report import write_report
 
 
@@ -26,12 +26,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/sweep")
     parser.add_argument("--wait-hours", type=float, default=24)
     args, overrides = parser.parse_known_args()
-    spec = SweepSpec(configs=[args.config], alphas=args.alphas, seeds=args.seeds, out=Path(args.out), overrides=overrides, zero_shot=args.zero_shot,
-                     tasks_per_node=max(1, args.gpus), gpus_per_node=args.gpus, cpus_per_task=8 if args.gpus else 1,
+    spec = SweepSpec(configs=[args.config], alphas=args.alphas, seeds=args.seeds, out=Path(args.out), overrides=overrides,
+                     zero_shot=args.zero_shot, tasks_per_node=max(1, args.gpus), gpus_per_node=args.gpus,
+                     cpus_per_task=8 if args.gpus else 1,
                      timeout_min=24 * 60 if args.gpus else 60, wait_timeout_s=args.wait_hours * 3600)
-    jobs = submit(spec)
-    print(f"submitted {len(jobs)} jobs: {[job.job_id for job in jobs]}")
-    for problem in wait(jobs, spec.wait_timeout_s):
+    for problem in run_sweep(spec):
         print(problem)
     print(write_report(collect(spec), spec.out))
 

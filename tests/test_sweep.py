@@ -42,16 +42,20 @@ def test_slurm_array_of_the_three_strategies(tmp_path: Path) -> None:
 
 
 def test_local_executor_two_task_job_and_bad_strategy(tmp_path: Path) -> None:
-    """A 2-task job gets a 2-rank torch.distributed world from submitit's environment helper."""
+    """A 2-task job gets a 2-rank torch.distributed world from submitit's environment helper;
+    the zero-shot row evaluates the untrained model; --max-parallel 1 runs one job at a time."""
     out = tmp_path / "local"
-    result = run_hbt("sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--zero-shot", "--executor", "local", "--out", str(out),
-                     "--tasks-per-node", "2", "--wait-timeout", "300", *SMALL, f"data.cache_dir={tmp_path}/cache", timeout=400)
+    result = run_hbt("sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--zero-shot", "--executor", "local",
+                     "--max-parallel", "1", "--out", str(out), "--tasks-per-node", "2", "--wait-timeout", "300", *SMALL, f"data.cache_dir={tmp_path}/cache", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     zero, hybrid = rows(out)
     assert (zero["strategy"], zero["alpha"], hybrid["strategy"], hybrid["alpha"]) == ("zero-shot", "", "hybrid", "0.5")
     assert float(hybrid["multi_map"]) > float(zero["multi_map"]) > 0  # training helped; the untrained model was evaluated
     table = (out / "sweep.md").read_text()
     assert "### tiny" in table and "| zero-shot | - | 1 |" in table and "| hybrid | 0.5 | 1 |" in table
+    first_done = (Path(zero["run_dir"]) / "eval.jsonl").stat().st_mtime
+    assert first_done <= (Path(hybrid["run_dir"]) / "launch.json").stat().st_mtime  # --max-parallel 1: one wave after the other
+    assert result.stdout.count("submitted 1 jobs") == 2
     launch = json.loads((Path(hybrid["run_dir"]) / "launch.json").read_text())
     assert launch["world_size"] == 2 and launch["launcher"] == "torchrun"
     bad = run_hbt("sweep", "--config", "configs/tiny.yaml", "--strategies", "hybird", "--out", str(tmp_path / "bad"))
