@@ -42,10 +42,10 @@ def _stats(group: list[dict], key: str) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-def _cell(mean: float, std: float) -> str:
+def _cell(mean: float, std: float, digits: int) -> str:
     if math.isnan(mean):
         return "-"
-    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown_tables(rows: list[dict]) -> str:
@@ -56,7 +56,7 @@ def markdown_tables(rows: list[dict]) -> str:
                  "|---|---:|---:|" + "---:|" * len(COLUMNS)]
         for strategy, group in by_strategy.items():
             alpha = group[0]["alpha"]
-            cells = [_cell(*_stats(group, key)) for key in COLUMNS]
+            cells = [_cell(*_stats(group, key), 1 if key == "rank_spread" else 4) for key in COLUMNS]
             done = sum(math.isfinite(float(r["mono_map"])) for r in group)
             lines.append(f"| {strategy} | {'-' if alpha == '' else f'{alpha:g}'} | {done} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
