@@ -59,7 +59,8 @@ def gather_child(per_rank: int, dim: int, repeats: int) -> None:
         if i >= 20:  # warm-up
             times.append(time.perf_counter() - tick)
     if dist.get_rank() == 0:
-        print(json.dumps({"gather_ms": 1000 * statistics.median(times)}))
+        print(json.dumps({"gather_ms": 1000 * statistics.median(times)}), flush=True)
+    dist.barrier()  # no rank tears down while another still has a collective in flight
     dist.destroy_process_group()
 
 
