@@ -29,7 +29,11 @@ def _groups(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
     out: dict[str, dict[str, list[dict]]] = {}
     for row in rows:
         out.setdefault(row["config"], {}).setdefault(row["strategy"], []).append(row)
-    order = lambda item: (item[1][0]["alpha"] != "", -(item[1][0]["alpha"] if item[1][0]["alpha"] != "" else 0))  # noqa: E731
+
+    def order(item: tuple[str, list[dict]]) -> float:
+        alpha = item[1][0]["alpha"]
+        return -math.inf if alpha == "" else -alpha  # "" is the zero-shot row
+
     return {config: dict(sorted(by.items(), key=order)) for config, by in out.items()}
 
 
@@ -95,7 +99,7 @@ def alpha_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def strategy_heatmaps(rows: list[dict], config: str, path: Path) -> bool:
+def strategy_heatmaps(config: str, by_strategy: dict[str, list[dict]], path: Path) -> bool:
     """The config's cross-lingual mAP matrices, one panel per strategy (mean over seeds),
     on one colour scale; False when no strategy of HEATMAP_ORDER has results."""
     import matplotlib
@@ -104,7 +108,6 @@ def strategy_heatmaps(rows: list[dict], config: str, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     panels = []
-    by_strategy = _groups(rows).get(config, {})
     for strategy in HEATMAP_ORDER:
         matrices = []
         for row in by_strategy.get(strategy, []):
@@ -139,6 +142,6 @@ def write_report(rows: list[dict], out: Path) -> str:
     markdown = markdown_tables(rows)
     (out / "sweep.md").write_text(markdown)
     alpha_curves(rows, out / "sweep.png")
-    for config in _groups(rows):
-        strategy_heatmaps(rows, config, out / f"heatmaps-{config}.png")
+    for config, by_strategy in _groups(rows).items():
+        strategy_heatmaps(config, by_strategy, out / f"heatmaps-{config}.png")
     return markdown
