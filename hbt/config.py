@@ -9,6 +9,7 @@ is saved beside every run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,7 +82,6 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every: int = 100  # optimizer steps
     keep_checkpoints: int = 2
-    log_every: int = 1
 
     def sampler(self, seed: int) -> SamplerConfig:
         return SamplerConfig(
@@ -119,9 +119,10 @@ class Config:
         t, m = self.train, self.model
         self.train.sampler(self.run.seed).validate()
         positive = {"train.epochs": t.epochs, "train.grad_accum": t.grad_accum, "train.checkpoint_every": t.checkpoint_every,
-                    "train.keep_checkpoints": t.keep_checkpoints, "train.log_every": t.log_every,
-                    "model.max_query_length": m.max_query_length, "model.max_passage_length": m.max_passage_length,
-                    "train.grad_cache_chunk": t.grad_cache_chunk or 1}
+                    "train.keep_checkpoints": t.keep_checkpoints,
+                    "model.max_query_length": m.max_query_length, "model.max_passage_length": m.max_passage_length}
+        if t.grad_cache_chunk is not None:  # null turns GradCache off; 0 would too, silently
+            positive["train.grad_cache_chunk"] = t.grad_cache_chunk
         for key, value in positive.items():
             if value < 1:
                 raise InputError(key, f"must be >= 1, got {value}")
@@ -182,11 +183,15 @@ def _check(value: Any, hint: Any, key: str) -> Any:
             except InputError as e:
                 errors.append(e.problem)
         raise InputError(key, " or ".join(errors))
-    if hint is float and not isinstance(value, bool) and isinstance(value, (int, str)):
+    if hint is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
         try:  # YAML reads 1e-3 (no dot) as a string
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            if not math.isfinite(number):  # no setting of hbt means anything at inf or nan
+                raise InputError(key, f"must be a finite number, got {value!r}")
+            return number
     if hint is bool and not isinstance(value, bool) or hint is not bool and isinstance(value, bool) or not isinstance(value, hint):
         raise InputError(key, f"should be {hint.__name__}, got {type(value).__name__} {value!r}")
     return value

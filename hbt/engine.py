@@ -51,7 +51,6 @@ def deepspeed_config(train: TrainConfig, per_rank: int, world_size: int, total_s
         ds = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise InputError(str(path), f"malformed JSON at line {e.lineno}: {e.msg}") from None
-    warmup = max(1, math.floor(train.warmup_ratio * total_steps))  # DeepSpeed needs >= 1
     ds.update({
         "train_micro_batch_size_per_gpu": per_rank,
         "gradient_accumulation_steps": train.grad_accum,
@@ -59,14 +58,23 @@ def deepspeed_config(train: TrainConfig, per_rank: int, world_size: int, total_s
         "gradient_clipping": train.grad_clip,
         "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay,
                                                   "betas": [0.9, 0.999], "eps": 1e-8}},
-        "scheduler": {"type": "WarmupDecayLR", "params": {
-            "total_num_steps": max(total_steps, warmup + 1), "warmup_min_lr": 0.0, "warmup_max_lr": train.lr,
-            "warmup_num_steps": warmup, "warmup_type": "linear"}},
         "bf16": {"enabled": use_bf16(train.precision)},
         "steps_per_print": 10**9,
     })
     ds.setdefault("zero_optimization", {"stage": 0})
+    ds.pop("scheduler", None)  # the schedule is hbt's (see linear_schedule), not the JSON's
     return ds
+
+
+def linear_schedule(train: TrainConfig, total_steps: int) -> Callable:
+    """Linear warm-up over ``warmup_ratio`` of the run, then linear decay to 0
+    (transformers' schedule, handed to DeepSpeed, which saves and restores it). Not
+    DeepSpeed's WarmupDecayLR: that one warms up over at least 2 steps, the first at lr 0,
+    so ``warmup_ratio=0`` would still waste the first step."""
+    from transformers import get_linear_schedule_with_warmup
+
+    warmup = math.floor(train.warmup_ratio * total_steps)
+    return lambda optimizer: get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, warmup + 1))
 
 
 @dataclass
@@ -87,10 +95,13 @@ class Engine:
         t = cfg.train
         self.total_steps = self._count_steps(t)
         self.ds_config = deepspeed_config(t, sampler.per_rank, env.world_size, self.total_steps)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=self.ds_config)
-        if env.world_size == 1:
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=self.ds_config,
+                                                    lr_scheduler=linear_schedule(t, self.total_steps))
+        if env.world_size == 1 and self.engine.zero_optimization_stage() == 0:
             # An all-reduce over one rank changes nothing, but DeepSpeed still flattens and
             # copies every gradient for it: 0.2 s of a 2.9 s step for e5-small on 2 CPU cores.
+            # Only without ZeRO: under ZeRO 1-3 the same call is what moves the gradients
+            # into the optimizer's partitions, and skipping it breaks the step.
             self.engine.enable_backward_allreduce = False
         self.collate = PairCollator(pad_id=data.tokenizer.pad_token_id, hard_negatives=t.hard_negatives)
         self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric)
@@ -166,6 +177,7 @@ class Engine:
             while self.state.step < self.total_steps and self.sampler.epoch < t.epochs:
                 epoch = self.sampler.epoch
                 tick = time.perf_counter()
+                step_loss = 0.0  # sum of this optimizer step's contrastive-batch losses (this rank)
                 for keys in self.sampler:
                     batch = self.collate(self.data.rows(keys, negatives=t.hard_negatives > 0))
                     loss = self._micro_step(batch)
@@ -174,6 +186,8 @@ class Engine:
                         latest = self.checkpointer.latest()
                         raise Diverged(f"loss is not finite at step {self.state.step + 1} (epoch {epoch}); "
                                        f"the last good checkpoint is {latest or 'none'} in {self.checkpointer.root}")
+                    step_loss += loss.item()
+                    lr = self.engine.get_lr()[0]  # the rate this step applies (step() moves the schedule on)
                     self.engine.step()
                     self.state.micro += 1
                     if self.state.micro % t.grad_accum:
@@ -181,9 +195,10 @@ class Engine:
                     self.state.step += 1
                     now = time.perf_counter()
                     kind = self.sampler.plan()[self.sampler.cursor - 1].label
-                    monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(loss),
-                                  "lr": self.engine.get_lr()[0], "samples_per_s": t.batch_size * t.grad_accum / (now - tick),
+                    monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(torch.tensor(step_loss / t.grad_accum)),
+                                  "lr": lr, "samples_per_s": t.batch_size * t.grad_accum / (now - tick),
                                   "batch": kind})
+                    step_loss = 0.0
                     tick = now
                     if stop:
                         tag = self.save()

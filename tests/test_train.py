@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,6 +99,30 @@ def test_two_ranks_under_every_zero_stage_match_one_process(tmp_path: Path, sing
         print(f"ZeRO-{stage}, 2 ranks vs 1 process: max per-step loss difference {diff:.2e} over {len(reference)} steps")
         assert diff < 1e-4, (stage, diff)
         assert (tmp_path / f"z{stage}" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_one_rank_under_zero_trains_and_resumes_exactly(tmp_path: Path, stage: int) -> None:
+    """The one-GPU recipe (README): ZeRO 1-3 on a single rank trains, checkpoints, and a
+    run cut after its step-3 checkpoint resumes to the same losses as the uncut run."""
+    args = overrides(tmp_path, "full", "model.dropout=0.0", "train.max_steps=6", "train.checkpoint_every=3",
+                     f"train.deepspeed=configs/deepspeed/zero{stage}.json")
+    ok(run_hbt("train", *args))
+    full = tmp_path / "full"
+    assert sorted(p.name for p in (full / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000006"]
+    cut = tmp_path / "cut"  # the same run as it was right after step 3: later steps never happened
+    shutil.copytree(full, cut, ignore=shutil.ignore_patterns("step-00000006", "model", "eval*"))
+    (cut / "checkpoints" / "latest").write_text("step-00000003")
+    lines = (full / "metrics.jsonl").read_text().splitlines()
+    (cut / "metrics.jsonl").write_text("".join(line + "\n" for line in lines[:3]))
+    out = run_hbt("train", *[a.replace(str(full), str(cut)) for a in args])
+    ok(out)
+    assert "resumed from" in out.stderr
+    got, reference = losses(cut), losses(full)
+    assert got.keys() == reference.keys() == set(range(1, 7))
+    diff = max(abs(got[s] - reference[s]) for s in reference)
+    print(f"ZeRO-{stage}, 1 rank, resumed after step 3: max per-step loss difference {diff:.2e}")
+    assert diff <= 1e-6
 
 
 def test_grad_cache_trains_like_the_plain_step(tmp_path: Path, single_run: Path) -> None:

@@ -1,0 +1,84 @@
+"""One rank of the configuration matrix (tests/test_matrix.py), started by torchrun.
+
+For every case in the spec it builds the real training stack (config, tokenised corpus,
+rank-aware sampler, DeepSpeed engine) and runs ``Engine.fit`` for ``train.max_steps``
+optimizer steps. :class:`GradientProbe` only watches: at the end of the first optimizer
+step's last micro-step (after every backward, before ``engine.step()``) it reads the full
+gradient of every parameter through DeepSpeed's ``safe_get_full_grad``, which assembles
+ZeRO 1-3 partitions. Rank 0 saves, per case, those gradients and the per-step losses.
+
+Usage: ``torchrun --nproc_per_node N tests/matrix_worker.py SPEC.json OUT.pt``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def main(spec_path: str, out_path: str) -> None:
+    from deepspeed.utils import safe_get_full_grad
+
+    from hbt import dist as hdist
+    from hbt.config import load_config
+    from hbt.data import load_corpus
+    from hbt.data.tokenize import TextSpec, TokenizedCorpus
+    from hbt.engine import Engine
+    from hbt.model import BiEncoder, load_pretrained
+    from hbt.sampler import HybridBatchSampler, LanguageIndex
+
+    class GradientProbe(Engine):
+        """The engine, unchanged, plus a record of the first optimizer step's gradients."""
+
+        grads: dict[str, torch.Tensor] | None = None
+
+        def _micro_step(self, batch: dict) -> torch.Tensor:
+            loss = super()._micro_step(batch)
+            if self.grads is None and (self.state.micro + 1) % self.cfg.train.grad_accum == 0:
+                self.grads = {name: safe_get_full_grad(p).detach().float().cpu().clone()
+                              for name, p in self.module.named_parameters()}
+            return loss
+
+    spec = json.loads(Path(spec_path).read_text())
+    env = hdist.init()
+    torch.set_num_threads(1)
+    corpus = load_corpus(spec["data"])
+    results = {}
+    for case in spec["cases"]:
+        tick = time.perf_counter()
+        run_dir = Path(spec["runs"]) / f"w{env.world_size}-{case['name']}"
+        cfg = load_config(None, [*spec["common"], *case["overrides"], f"run.dir={run_dir}"])
+        if env.is_main:
+            run_dir.mkdir(parents=True)
+        m = cfg.model
+        encoder, tokenizer = load_pretrained(m.name, m.dropout)
+        text_spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
+        if env.is_main:
+            data = TokenizedCorpus(corpus, tokenizer, text_spec, cfg.data.cache_dir)
+        hdist.barrier()
+        if not env.is_main:
+            data = TokenizedCorpus(corpus, tokenizer, text_spec, cfg.data.cache_dir)
+        sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg.train.sampler(cfg.run.seed),
+                                     world_size=env.world_size, rank=env.rank)
+        engine = GradientProbe(cfg, env, BiEncoder(encoder, m.pooling), data, sampler, run_dir)
+        state = engine.fit(None)
+        steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if env.is_main else []
+        results[case["name"]] = {
+            "grads": engine.grads, "losses": [s["loss"] for s in steps], "lrs": [s["lr"] for s in steps], "steps": state.step,
+            "checkpoint": engine.checkpointer.latest(), "seconds": time.perf_counter() - tick,
+        }
+        del engine
+    if env.is_main:
+        torch.save(results, out_path)
+    hdist.barrier()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
