@@ -2,9 +2,10 @@
 
 The gather follows OpenCLIP's ``ClipLoss(local_loss=True, gather_with_grad=True)``:
 each rank scores its own queries against the passages of *all* ranks, gathered with
-an autograd-aware all-gather (torch's ``all_gather_single_autograd``, the successor of
-``torch.distributed.nn.all_gather``) whose backward sums the gradients back to the rank
-that produced each passage. With the usual averaging of parameter gradients over ranks
+an autograd-aware all-gather (torch's functional ``all_gather_single_autograd``; on a
+torch without it, its predecessor ``torch.distributed.nn.functional.all_gather``, which
+tests/test_loss.py checks gives the same gradients) whose backward sums the gradients
+back to the rank that produced each passage. With the usual averaging of parameter gradients over ranks
 this gives exactly the gradient of the single-process loss over the whole contrastive
 batch (tests/test_loss.py checks it on 2 and 3 processes).
 """
@@ -17,7 +18,11 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed._functional_collectives import all_gather_single_autograd
+
+try:
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+except ImportError:  # older torch: the classic autograd all-gather below
+    all_gather_single_autograd = None
 
 
 def _world() -> tuple[int, int]:
@@ -29,7 +34,13 @@ def _world() -> tuple[int, int]:
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' ``x`` concatenated in rank order; gradients flow back to their owners."""
     _, world = _world()
-    return x if world == 1 else all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+    if world == 1:
+        return x
+    if all_gather_single_autograd is None:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(x.contiguous()))
+    return all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
 
 
 class ContrastiveLoss:

@@ -72,7 +72,7 @@ def main(spec_path: str, out_path: str) -> None:
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if env.is_main else []
         results[case["name"]] = {
             "grads": engine.grads, "losses": [s["loss"] for s in steps], "lrs": [s["lr"] for s in steps], "steps": state.step,
-            "checkpoint": engine.checkpointer.latest(), "seconds": time.perf_counter() - tick,
+            "checkpoint": engine.checkpointer.latest(), "dtype": next(engine.module.parameters()).dtype, "seconds": time.perf_counter() - tick,
         }
         del engine
     if env.is_main:

@@ -70,6 +70,10 @@ def loss_and_grads(rank: int, world: int, symmetric: bool, negatives: bool, grad
 
 def _worker(rank: int, world: int, init: str, out: str, kwargs: dict) -> None:
     torch.set_num_threads(1)
+    if kwargs.pop("classic_gather", False):  # what a torch without the functional collective runs
+        import hbt.loss
+
+        hbt.loss.all_gather_single_autograd = None
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         result = loss_and_grads(rank, world, **kwargs)
@@ -111,6 +115,14 @@ def test_grad_cache_equals_plain_step(case: dict) -> None:
     loss, grads = loss_and_grads(0, 1, grad_cache=5, **case)
     assert abs(loss - ref_loss) <= 1e-5
     assert max_diff(grads, ref_grads) <= 1e-5
+
+
+@pytest.mark.slow
+def test_classic_autograd_all_gather_gives_the_same_gradients() -> None:
+    """The fallback for torch releases without ``all_gather_single_autograd``."""
+    ref_loss, ref_grads = loss_and_grads(0, 1, grad_cache=None, symmetric=True, negatives=True)
+    loss, grads = run_world(2, grad_cache=None, symmetric=True, negatives=True, classic_gather=True)
+    assert abs(loss - ref_loss) <= 1e-5 and max_diff(grads, ref_grads) <= 1e-5
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 BATCH = 12  # the contrastive batch: divisible by 1, 2 and 3 ranks
 LR = 1e-3
 GRAD_TOLERANCE = 1e-5
-BF16_LOSS_TOLERANCE = 0.05  # relative; bf16 keeps 8 bits of mantissa (~0.4 % per rounding)
+BF16_LOSS_TOLERANCE = 0.02  # relative; measured up to 0.6 % over two steps (bf16 keeps 8 mantissa bits)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Cell:
 
 
 FP32 = [Cell(s, g, a, n) for s, g, a, n in itertools.product((0, 1, 2, 3), (False, True), (1, 2), (False, True))]
-BF16 = [Cell(s, False, 2, True, "bf16") for s in (0, 1, 2, 3)]
+BF16 = [Cell(s, g, 2, True, "bf16") for s in (0, 1, 2, 3) for g in (False, True)]
 MATRIX = {1: FP32 + BF16, 2: FP32 + BF16, 3: [c for c in FP32 if c.accum == 2 and c.stage in (0, 3)]}
 
 
@@ -145,6 +145,7 @@ def test_cell_trains_and_its_gradient_is_the_single_process_one(workspace: dict,
     assert got["steps"] == 2 and got["checkpoint"] == "step-00000002"
     assert len(got["losses"]) == 2 and all(torch.isfinite(torch.tensor(got["losses"])))
     assert got["lrs"][0] == LR  # no warm-up asked for: the first step learns at the full rate
+    assert got["dtype"] == (torch.bfloat16 if cell.precision == "bf16" else torch.float32)
     if cell.precision == "bf16":
         fp32 = run_world(workspace, world)[Cell(cell.stage, cell.grad_cache, cell.accum, cell.negatives).name]
         rel = max(abs(a - b) / abs(b) for a, b in zip(got["losses"], fp32["losses"]))

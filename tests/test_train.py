@@ -125,6 +125,20 @@ def test_one_rank_under_zero_trains_and_resumes_exactly(tmp_path: Path, stage: i
     assert diff <= 1e-6
 
 
+def test_bf16_run_evaluates_and_exports(tmp_path: Path) -> None:
+    """``train.precision=bf16`` end to end on CPU: training, the per-epoch evaluation in
+    bf16, and an export that sentence-transformers loads (the matrix test bounds its
+    losses against fp32)."""
+    from sentence_transformers import SentenceTransformer
+
+    ok(run_hbt("train", *overrides(tmp_path, "bf16", "train.precision=bf16", "train.max_steps=3",
+                                    "train.deepspeed=configs/deepspeed/zero2.json")))
+    final = json.loads((tmp_path / "bf16" / "eval.jsonl").read_text().splitlines()[-1])
+    assert final["eval"] == "step-3" and 0 < final["mono_map"] <= 1
+    vectors = SentenceTransformer(str(tmp_path / "bf16" / "model"), device="cpu").encode(["ab cd", "αβ"])
+    assert np.isfinite(vectors).all() and vectors.shape[0] == 2
+
+
 def test_grad_cache_trains_like_the_plain_step(tmp_path: Path, single_run: Path) -> None:
     out = torchrun(2, "train", *overrides(tmp_path, "gc", "model.dropout=0.0", "train.max_steps=12",
                                           "train.grad_cache_chunk=3", "train.deepspeed=configs/deepspeed/zero2.json"))
