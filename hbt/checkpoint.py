@@ -1,10 +1,13 @@
 """Atomic, resumable checkpoints.
 
 DeepSpeed writes the model, optimizer and scheduler state (sharded under ZeRO); hbt
-adds each rank's RNG states and a ``client_state`` (step, sampler cursor, config). A
-checkpoint is written under ``tmp-<tag>`` and renamed to ``<tag>`` only once every
-rank has finished, then ``latest`` is replaced atomically: a crash or SIGKILL at any
-moment leaves the previous checkpoint and pointer intact.
+adds each rank's RNG states and a ``client_state`` (step, sampler cursor, config,
+fingerprint). A checkpoint is written under ``tmp-<tag>``, flushed to disk (fsync), and
+renamed to ``<tag>`` only once every rank has finished, then ``latest`` is replaced
+atomically: a crash or SIGKILL at any moment leaves the previous checkpoint and pointer
+intact. Every ``step-*`` directory is therefore complete, and :meth:`Checkpointer.latest`
+falls back to the newest of them when the pointer is missing or names a directory that
+is gone.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hbt import fingerprint as run_fingerprint
 from hbt.dist import barrier
 
 
@@ -39,28 +43,65 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and the directories themselves, so that a rename
+    that follows never publishes a checkpoint whose bytes are still only in the page cache."""
+    for path in sorted(root.rglob("*"), reverse=True) + [root]:
+        _fsync_path(path)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries (a rename is durable only once its directory is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Checkpointer:
-    def __init__(self, root: Path, keep: int):
+    def __init__(self, root: Path, keep: int, fingerprint: dict | None = None):
         self.root = root
         self.keep = keep
+        self.fingerprint = fingerprint
         self.rank = dist.get_rank() if dist.is_initialized() else 0
 
     @property
     def pointer(self) -> Path:
         return self.root / "latest"
 
+    def tags(self) -> list[str]:
+        """Every complete checkpoint, oldest first (``tmp-*`` ones are unfinished)."""
+        return sorted(p.name for p in self.root.glob("step-*") if p.is_dir())
+
     def latest(self) -> str | None:
-        """The tag of the newest complete checkpoint, or None."""
-        if not self.pointer.exists():
-            return None
-        tag = self.pointer.read_text().strip()
-        return tag if (self.root / tag).is_dir() else None
+        """The tag ``latest`` names, or, when it is missing or names a checkpoint that is
+        gone, the newest complete one; None when there is none."""
+        tag = self.pointer.read_text().strip() if self.pointer.exists() else ""
+        if tag and (self.root / tag).is_dir():
+            return tag
+        tags = self.tags()
+        return tags[-1] if tags else None
+
+    def newest_before(self, step: int) -> str | None:
+        """The newest checkpoint of an optimizer step < ``step``."""
+        older = [t for t in self.tags() if int(t.split("-")[1]) < step]
+        return older[-1] if older else None
+
+    def point_to(self, tag: str) -> None:
+        """Make ``tag`` what ``--resume auto`` picks (rank 0 writes)."""
+        if self.rank == 0:
+            _write_atomically(self.pointer, tag)
 
     def save(self, engine, step: int, client_state: dict) -> str:
         tag, tmp = f"step-{step:08d}", f"tmp-step-{step:08d}"
@@ -72,6 +113,9 @@ class Checkpointer:
         torch.save(rng_state(), self.root / tmp / f"rng-rank{self.rank}.pt")
         barrier()
         if self.rank == 0:
+            if self.fingerprint is not None:
+                run_fingerprint.write(self.root / tmp, self.fingerprint)
+            _fsync_tree(self.root / tmp)
             shutil.rmtree(self.root / tag, ignore_errors=True)
             os.replace(self.root / tmp, self.root / tag)
             _write_atomically(self.pointer, tag)
@@ -80,7 +124,7 @@ class Checkpointer:
         return tag
 
     def _prune(self, keep: str) -> None:
-        tags = sorted(p.name for p in self.root.glob("step-*") if p.is_dir())
+        tags = self.tags()
         for old in [t for t in tags if t != keep][: max(0, len(tags) - self.keep)]:
             shutil.rmtree(self.root / old, ignore_errors=True)
         for stale in self.root.glob("tmp-step-*"):  # left by a crash mid-save

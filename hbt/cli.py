@@ -49,16 +49,20 @@ def _data_sample(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from hbt import signals
+
+    signals.install()  # before the heavy imports: a pre-emption at any moment must requeue
     from hbt.config import load_config
-    from hbt.engine import EXIT_PREEMPTED, Diverged, Preempted
+    from hbt.engine import Diverged
     from hbt.train import train
 
     cfg = load_config(args.config, args.overrides)
     try:
-        run_dir = train(cfg, resume=args.resume)
-    except Preempted as e:
-        print(f"hbt: pre-empted; checkpoint {e} written, exit {EXIT_PREEMPTED} to requeue", file=sys.stderr)
-        return EXIT_PREEMPTED
+        run_dir = train(cfg, resume=args.resume, accept_changes=args.accept_changes)
+    except signals.Preempted as e:
+        saved = f"checkpoint {e} written" if str(e) else "before training started (nothing new to save)"
+        print(f"hbt: pre-empted; {saved}, exit {signals.EXIT_PREEMPTED} to requeue", file=sys.stderr)
+        return signals.EXIT_PREEMPTED
     except Diverged as e:
         print(f"hbt: error: {e}", file=sys.stderr)
         return 1
@@ -160,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train from a YAML config; overrides like train.alpha=0.5 follow it.")
     train.add_argument("--config", default=None, help="experiment YAML (default: built-in tiny defaults)")
     train.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint tag")
+    train.add_argument("--accept-changes", action="store_true",
+                       help="resume even though the data, tokenizer, model, training config or world size differ from the checkpoint's")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     train.set_defaults(run=_train)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from hbt import signals
+from hbt.signals import EXIT_PREEMPTED, Preempted, stop_requested  # noqa: F401  (EXIT_PREEMPTED: the CLI's)
 from hbt.checkpoint import Checkpointer
 from hbt.config import Config, TrainConfig
 from hbt.data.tokenize import PairCollator, TokenizedCorpus
@@ -28,15 +29,10 @@ from hbt.model import BiEncoder
 from hbt.monitor import Monitor
 from hbt.sampler import HybridBatchSampler
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; slurm/train.sh requeues on it
-
-
-class Preempted(Exception):
-    """SIGTERM/SIGUSR1 arrived; the step finished and a checkpoint was written."""
-
 
 class Diverged(Exception):
-    """The loss became NaN or infinite; the last good checkpoint is untouched."""
+    """The loss became NaN or infinite; ``latest`` now names the newest checkpoint whose
+    weights never produced a non-finite loss."""
 
 
 def use_bf16(precision: str) -> bool:
@@ -81,14 +77,15 @@ def linear_schedule(train: TrainConfig, total_steps: int) -> Callable:
 class TrainState:
     step: int = 0  # optimizer steps done
     micro: int = 0  # contrastive batches done
+    evaluated: int = -1  # the optimizer step of the latest evaluation
 
     def to_dict(self) -> dict:
-        return {"step": self.step, "micro": self.micro}
+        return {"step": self.step, "micro": self.micro, "evaluated": self.evaluated}
 
 
 class Engine:
     def __init__(self, cfg: Config, env: DistEnv, model: BiEncoder, data: TokenizedCorpus,
-                 sampler: HybridBatchSampler, run_dir: Path):
+                 sampler: HybridBatchSampler, run_dir: Path, fingerprint: dict | None = None):
         import deepspeed
 
         self.cfg, self.env, self.data, self.sampler, self.run_dir = cfg, env, data, sampler, run_dir
@@ -105,10 +102,8 @@ class Engine:
             self.engine.enable_backward_allreduce = False
         self.collate = PairCollator(pad_id=data.tokenizer.pad_token_id, hard_negatives=t.hard_negatives)
         self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric)
-        self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
+        self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, fingerprint=fingerprint)
         self.state = TrainState()
-        self._signal: int | None = None
-        self._evaluated_at = -1
 
     def _count_steps(self, t: TrainConfig) -> int:
         """Optimizer steps of the whole run: epochs are planned only as far as needed."""
@@ -157,19 +152,34 @@ class Engine:
         self.engine.eval()
         summary = evaluate(label)
         self.engine.train()
-        self._evaluated_at = self.state.step
+        self.state.evaluated = self.state.step
         monitor.evaluation(self.state.step, label, summary)
 
-    # -- the loop -----------------------------------------------------------------------
-    def _on_signal(self, signum: int, _frame) -> None:
-        self._signal = signum
+    def _diverged(self, epoch: int) -> Diverged:
+        """The error for a non-finite loss in optimizer step ``step + 1``. That loss came
+        from the weights after step ``step``, so the checkpoint of that step is not a good
+        one: ``latest`` is pointed at the newest checkpoint before it."""
+        failing = self.state.step + 1
+        good = self.checkpointer.newest_before(failing - 1)
+        where = f"loss is not finite at step {failing} (epoch {epoch})"
+        if good is None:
+            return Diverged(f"{where}; no checkpoint in {self.checkpointer.root} predates the weights that produced it")
+        self.checkpointer.point_to(good)
+        return Diverged(f"{where}; the last good checkpoint is {good} in {self.checkpointer.root} (now 'latest')")
 
+    def _preempt(self, monitor: Monitor) -> Preempted:
+        tag = self.save()
+        monitor.event(f"signal received: checkpoint {tag} written, exiting for requeue")
+        return Preempted(tag)
+
+    # -- the loop -----------------------------------------------------------------------
     def fit(self, evaluate: Callable[[str], dict] | None = None) -> TrainState:
         """Train to the end (or ``train.max_steps``). ``evaluate(label)`` runs on every rank
         after each epoch (with ``eval.every_epoch``) and once at the end; it returns the
-        headline numbers, which are logged with the step."""
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
+        headline numbers, which are logged with the step. A stop signal (see
+        :mod:`hbt.signals`) ends it after the current step, or after the current
+        evaluation, with a checkpoint and :class:`Preempted`."""
+        signals.install()
         t = self.cfg.train
         monitor = Monitor(self.run_dir, self.total_steps, self.state.step, enabled=self.env.is_main)
         self.engine.train()
@@ -181,11 +191,9 @@ class Engine:
                 for keys in self.sampler:
                     batch = self.collate(self.data.rows(keys, negatives=t.hard_negatives > 0))
                     loss = self._micro_step(batch)
-                    stop, bad = all_max([float(self._signal is not None), float(not torch.isfinite(loss).item())])
+                    stop, bad = all_max([float(signals.received()), float(not torch.isfinite(loss).item())])
                     if bad:
-                        latest = self.checkpointer.latest()
-                        raise Diverged(f"loss is not finite at step {self.state.step + 1} (epoch {epoch}); "
-                                       f"the last good checkpoint is {latest or 'none'} in {self.checkpointer.root}")
+                        raise self._diverged(epoch)
                     step_loss += loss.item()
                     lr = self.engine.get_lr()[0]  # the rate this step applies (step() moves the schedule on)
                     self.engine.step()
@@ -201,9 +209,7 @@ class Engine:
                     step_loss = 0.0
                     tick = now
                     if stop:
-                        tag = self.save()
-                        monitor.event(f"signal received: checkpoint {tag} written, exiting for requeue")
-                        raise Preempted(tag)
+                        raise self._preempt(monitor)
                     if self.state.step % t.checkpoint_every == 0:
                         self.save()
                     if self.state.step >= self.total_steps:
@@ -212,9 +218,11 @@ class Engine:
                     self.sampler.set_epoch(epoch + 1)
                     if evaluate is not None and (self.cfg.eval.every_epoch or self.sampler.epoch >= t.epochs):
                         self._evaluate(evaluate, f"epoch-{epoch}", monitor)
+                    if stop_requested():  # arrived during the evaluation (or the last checkpoint)
+                        raise self._preempt(monitor)
             if self.state.step and self.checkpointer.latest() != f"step-{self.state.step:08d}":
                 self.save()
-            if evaluate is not None and self._evaluated_at != self.state.step:
+            if evaluate is not None and self.state.evaluated != self.state.step:
                 self._evaluate(evaluate, f"step-{self.state.step}", monitor)
         finally:
             monitor.close()

@@ -6,10 +6,27 @@ mono batches per language, of cross) and the evaluations' headline numbers."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
+
+
+def rewind(run_dir: Path, step: int, evaluated: int) -> None:
+    """Drop what a run resumed from optimizer step ``step``'s checkpoint will log again,
+    so that each step and each evaluation appears once: the lines of ``metrics.jsonl``
+    after ``step``, and of ``eval.jsonl`` after ``evaluated``, the step of the latest
+    evaluation the checkpoint knows of. Rank 0 only; the files are replaced atomically."""
+    for name, last in (("metrics.jsonl", step), ("eval.jsonl", evaluated)):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.strip() and json.loads(line)["step"] <= last]
+        tmp = path.with_name(name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 class Monitor:

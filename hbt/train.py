@@ -5,16 +5,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+import yaml
+
 from hbt import dist as hdist
+from hbt import fingerprint as run_fingerprint
+from hbt import signals
 from hbt.config import Config, save_config
 from hbt.data import Corpus, holdout_titles, load_corpus, split_by_title
-from hbt.data.tokenize import TextSpec, TokenizedCorpus
+from hbt.data.tokenize import TextSpec, TokenizedCorpus, tokenizer_fingerprint
 from hbt.errors import InputError
 from hbt.model import BiEncoder, build_tiny, export, load_pretrained
+from hbt.monitor import rewind
 from hbt.sampler import HybridBatchSampler, LanguageIndex
 
 
@@ -51,7 +57,49 @@ def build_model(cfg: Config, corpus: Corpus, run_dir: Path, env: hdist.DistEnv):
     return load_pretrained(str(init), m.dropout)
 
 
-def train(cfg: Config, resume: str = "auto") -> Path:
+def _stop_if_signalled() -> None:
+    """A stop signal during start-up: nothing new to save, exit 75 and be requeued."""
+    if signals.stop_requested():
+        raise signals.Preempted()
+
+
+def resume_tag(checkpointer, resume: str, run_dir: Path) -> str | None:
+    """The checkpoint ``--resume`` asks for: auto (latest, if any), never, or a tag."""
+    latest = checkpointer.latest()
+    if resume == "never" and latest:
+        raise InputError("--resume", f"{run_dir} already has checkpoint {latest}; use --resume auto or another run.dir")
+    if resume not in ("auto", "never") and not (checkpointer.root / resume).is_dir():
+        raise InputError("--resume", f"no checkpoint {resume} in {checkpointer.root}")
+    return latest if resume == "auto" else None if resume == "never" else resume
+
+
+def check_fingerprint(checkpoint: Path, current: dict, accept_changes: bool) -> None:
+    """Refuse to resume a run whose data, tokenizer, model, shaping config or world size
+    changed since ``checkpoint`` was written, unless the user says they mean it."""
+    saved = run_fingerprint.read(checkpoint)
+    if saved is None:
+        print(f"hbt: warning: {checkpoint} has no fingerprint (written by an older hbt); resuming unchecked", file=sys.stderr)
+        return
+    changed = run_fingerprint.differences(saved, current)
+    if changed and not accept_changes:
+        raise InputError("--resume", f"{checkpoint} was written with other inputs; changed: {'; '.join(changed)} "
+                                     "(resume anyway with --accept-changes, or start a new run.dir)")
+
+
+def record_start(cfg: Config, run_dir: Path, env: hdist.DistEnv, tag: str | None) -> None:
+    """``config.yaml`` is the config of the latest start; ``config-history/NNN.yaml`` keeps
+    every start's (with its time, world size and the checkpoint it resumed from)."""
+    history = run_dir / "config-history"
+    history.mkdir(exist_ok=True)
+    n = len(list(history.glob("*.yaml")))
+    entry = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed_from": tag,
+             "world_size": env.world_size, "launcher": env.launcher, "config": cfg.to_dict()}
+    (history / f"{n:03d}.yaml").write_text(yaml.safe_dump(entry, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    save_config(cfg, run_dir / "config.yaml")
+
+
+def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Path:
+    signals.install()  # first: a pre-emption during the slow start-up must still requeue
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     env = hdist.init()
@@ -59,7 +107,6 @@ def train(cfg: Config, resume: str = "auto") -> Path:
     run_dir = Path(cfg.run.dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
         launch = {"launcher": env.launcher, "world_size": env.world_size, "per_rank_batch": cfg.train.batch_size // env.world_size}
         (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
 
@@ -75,22 +122,27 @@ def train(cfg: Config, resume: str = "auto") -> Path:
     hdist.barrier()
     if not env.is_main:
         data = TokenizedCorpus(train_corpus, tokenizer, spec, cfg.data.cache_dir)
+    _stop_if_signalled()
 
+    fp = run_fingerprint.fingerprint(cfg.to_dict(), train_corpus.fingerprint(), tokenizer_fingerprint(tokenizer),
+                                     run_fingerprint.model_digest(encoder), env.world_size)
     sampler = HybridBatchSampler(LanguageIndex.from_corpus(train_corpus), cfg.train.sampler(cfg.run.seed),
                                  world_size=env.world_size, rank=env.rank)
     from hbt.engine import Engine  # imports deepspeed: after the cheap checks above
 
     torch.manual_seed(cfg.run.seed + env.rank)  # dropout: independent masks per rank, fixed by the seed
 
-    engine = Engine(cfg, env, BiEncoder(encoder, m.pooling), data, sampler, run_dir)
-    latest = engine.checkpointer.latest()
-    if resume == "never" and latest:
-        raise InputError("--resume", f"{run_dir} already has checkpoint {latest}; use --resume auto or another run.dir")
-    tag = latest if resume == "auto" else None if resume == "never" else resume
+    engine = Engine(cfg, env, BiEncoder(encoder, m.pooling), data, sampler, run_dir, fingerprint=fp)
+    tag = resume_tag(engine.checkpointer, resume, run_dir)
     if tag:
+        check_fingerprint(engine.checkpointer.root / tag, fp, accept_changes)
         engine.resume(tag)
         if env.is_main:
             print(f"resumed from {run_dir / 'checkpoints' / tag} at step {engine.state.step}", file=sys.stderr)
+    if env.is_main:
+        rewind(run_dir, engine.state.step, engine.state.evaluated)
+        record_start(cfg, run_dir, env, tag)
+    _stop_if_signalled()
     evaluator = None
     if eval_set is not None:
         evaluator = lambda label: evaluate_engine(engine, tokenizer, eval_set, spec, run_dir / "eval" / label, env)  # noqa: E731

@@ -35,10 +35,11 @@ def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.Complet
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    """Per-step loss; a step logged twice (re-done after a resume) keeps its last value."""
+    """Per-step loss from ``metrics.jsonl``, where every step is logged once, also after resumes."""
     out = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
+        assert record["step"] not in out, f"step {record['step']} logged twice"
         out[record["step"]] = record["loss"]
     return out
 
@@ -170,7 +171,12 @@ def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
     proc.wait()
     killed_at = max(losses(tmp_path / "killed"))
     assert killed_at < max(full), "the run finished before it was killed"
-    ok(run_hbt("train", *args))  # --resume auto is the default
+    out = run_hbt("train", *args)  # --resume auto is the default
+    ok(out)
+    assert f"resumed from {tmp_path / 'killed' / 'checkpoints'}" in out.stderr
+    history = sorted((tmp_path / "killed" / "config-history").glob("*.yaml"))
+    assert [p.name for p in history] == ["000.yaml", "001.yaml"]  # both starts kept
+    assert "resumed_from: step-" in history[1].read_text() and "resumed_from: null" in history[0].read_text()
     resumed = losses(tmp_path / "killed")
     assert resumed.keys() == full.keys()
     diff = max(abs(resumed[s] - full[s]) for s in full)
@@ -204,14 +210,21 @@ def steps_per_epoch(args: list[str]) -> int:
     return len(HybridBatchSampler(LanguageIndex.from_corpus(train), cfg.train.sampler(cfg.run.seed)))
 
 
-def test_diverging_loss_stops_with_the_last_good_checkpoint(tmp_path: Path) -> None:
-    out = run_hbt("train", *overrides(tmp_path, "nan", "train.lr=1e30", "train.grad_clip=0", "train.checkpoint_every=1", "train.warmup_ratio=0"))
+def test_diverging_loss_names_a_checkpoint_whose_weights_never_produced_it(tmp_path: Path) -> None:
+    """A 1e30 learning rate after one warm-up step at lr 0: step 2's update wrecks the
+    weights, step 3's loss is not finite. step-2 holds the wrecked weights, so the good
+    checkpoint is step-1; resuming from it gives step 2's finite loss again."""
+    args = overrides(tmp_path, "nan", "train.lr=1e30", "train.grad_clip=0", "train.checkpoint_every=1", "train.warmup_ratio=0.1")
+    out = run_hbt("train", *args)
     assert out.returncode == 1, out.stderr[-2000:]
     line = out.stderr.strip().splitlines()[-1]
-    assert "loss is not finite" in line and "last good checkpoint is step-" in line
-    tag = (tmp_path / "nan" / "checkpoints" / "latest").read_text()
-    good = losses(tmp_path / "nan")
-    assert tag == f"step-{max(good):08d}" and all(np.isfinite(v) for v in good.values())
+    assert "loss is not finite at step 3" in line and "last good checkpoint is step-00000001" in line, line
+    assert (tmp_path / "nan" / "checkpoints" / "latest").read_text() == "step-00000001"
+    first = losses(tmp_path / "nan")
+    assert sorted(first) == [1, 2] and all(np.isfinite(v) for v in first.values())
+    again = run_hbt("train", *args)  # resumes from 'latest', the good checkpoint
+    assert "resumed from" in again.stderr and "at step 1" in again.stderr, again.stderr[-2000:]
+    assert losses(tmp_path / "nan")[2] == first[2] and again.returncode == 1
 
 
 @pytest.mark.parametrize("override,needle", [

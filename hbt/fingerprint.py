@@ -1,0 +1,75 @@
+"""What a run was started from, saved with every checkpoint and checked on resume.
+
+A requeued job resumes blindly, so a resume must refuse to continue a run whose inputs
+changed underneath it: the training data, the tokenizer, the initial model weights, the
+config keys that shape the optimisation, and the world size (per-rank RNG streams and
+ZeRO partitions belong to it). Only keys that do not change what is trained may differ
+(where checkpoints and caches go, how often to checkpoint, evaluation settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+# Config keys a resumed run may change: they do not alter the trained weights.
+OPERATIONAL = ("run.dir", "data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints")
+OPERATIONAL_SECTIONS = ("eval.",)
+FILE = "fingerprint.json"
+
+
+# Config entries that say where or with what a model was saved, not what it computes.
+_PROVENANCE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash")
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """A hash of the architecture and every initial weight, byte for byte (not of where
+    the model was loaded from: a run directory may move)."""
+    config = model.config.to_dict() if hasattr(model, "config") else {}
+    config = {k: v for k, v in config.items() if k not in _PROVENANCE}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def shaping_config(config: dict) -> dict[str, object]:
+    return {k: v for k, v in _flatten(config).items()
+            if k not in OPERATIONAL and not k.startswith(OPERATIONAL_SECTIONS)}
+
+
+def fingerprint(config: dict, data: str, tokenizer: str, model: str, world_size: int) -> dict:
+    return {"data": data, "tokenizer": tokenizer, "model": model, "world_size": world_size,
+            "config": shaping_config(config)}
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """What changed, one short phrase each (empty when nothing did)."""
+    out = [f"{name} ({saved.get(name)} -> {current[name]})" for name in ("world_size",) if saved.get(name) != current[name]]
+    out += [name for name in ("data", "tokenizer", "model") if saved.get(name) != current[name]]
+    old, new = saved.get("config", {}), current["config"]
+    out += [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return out
+
+
+def write(checkpoint_dir: Path, fp: dict) -> None:
+    (checkpoint_dir / FILE).write_text(json.dumps(fp, indent=1, sort_keys=True, default=str))
+
+
+def read(checkpoint_dir: Path) -> dict | None:
+    path = checkpoint_dir / FILE
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,44 @@
+"""Pre-emption signals, caught from the first moment of a run.
+
+Slurm (``--signal=USR1@120``), ``scancel --signal`` and most schedulers announce the end
+of a job with SIGUSR1 or SIGTERM. :func:`install` is called before any slow start-up
+work (loading data, tokenising, planning, starting DeepSpeed), so a signal that arrives
+then is remembered instead of killing the process; the run checks :func:`received` at
+safe points (every rank the same ones, agreeing through an all-reduce) and exits with
+status 75 so that the job is requeued.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from hbt.dist import all_max
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; slurm/train.sh requeues on it
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_received: list[int] = []
+
+
+def _remember(signum: int, _frame) -> None:
+    _received.append(signum)
+
+
+def install() -> None:
+    """Catch the stop signals from now on (a signal already received stays received)."""
+    for sig in SIGNALS:
+        signal.signal(sig, _remember)
+
+
+def received() -> bool:
+    """Whether this process got a stop signal since :func:`install`."""
+    return bool(_received)
+
+
+def stop_requested() -> bool:
+    """Whether any rank got a stop signal; a collective, so every rank calls it at the same point."""
+    return bool(all_max([float(received())])[0])
+
+
+class Preempted(Exception):
+    """A stop signal arrived: the run checkpointed (the tag is the message) or had not
+    started training and had nothing to save (no message); exit 75 to be requeued."""

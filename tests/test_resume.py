@@ -1,0 +1,144 @@
+"""A requeued job can be trusted blindly: resume finds the newest complete checkpoint,
+refuses changed inputs with one line, and a stop signal at any moment (start-up,
+mid-evaluation, mid-checkpoint) ends in exit 75 with a state that resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from hbt.checkpoint import Checkpointer
+from tests.conftest import ROOT, run_hbt
+from tests.test_train import losses, ok, overrides, steps_per_epoch, torchrun, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    ckpt = Checkpointer(root, keep=2)
+    assert ckpt.latest() is None
+    for tag in ("step-00000004", "step-00000008", "tmp-step-00000012"):  # tmp-*: a write cut short
+        (root / tag).mkdir(parents=True)
+    assert ckpt.latest() == "step-00000008"  # no pointer at all
+    (root / "latest").write_text("step-00000012")  # names a directory that is gone
+    assert ckpt.latest() == "step-00000008"
+    (root / "latest").write_text("step-00000004")
+    assert ckpt.latest() == "step-00000004" and ckpt.newest_before(8) == "step-00000004"
+
+
+def test_resume_auto_uses_a_complete_checkpoint_when_latest_points_nowhere(tmp_path: Path) -> None:
+    args = overrides(tmp_path, "run", "train.max_steps=6", "train.checkpoint_every=3")
+    ok(run_hbt("train", *args))
+    full = losses(tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    shutil.rmtree(checkpoints / "step-00000006")  # 'latest' now names nothing
+    out = run_hbt("train", *args)
+    ok(out)
+    assert f"resumed from {checkpoints / 'step-00000003'} at step 3" in out.stderr
+    assert losses(tmp_path / "run") == pytest.approx(full, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, list[str]]:
+    tmp = tmp_path_factory.mktemp("fp")
+    args = overrides(tmp, "run", "train.max_steps=3", "train.checkpoint_every=3")
+    ok(run_hbt("train", *args))
+    return tmp, args
+
+
+def refused(out: subprocess.CompletedProcess, launcher_exit: int = 2) -> str:
+    """The one error line of a refused resume (torchrun reports a child's exit 2 as 1)."""
+    assert out.returncode == launcher_exit, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith(("hbt: error:", "[rank0]:"))]
+    assert len(set(lines)) == 1 and lines[0].startswith("hbt: error: --resume: "), out.stderr[-2000:]  # every rank says the same
+    return lines[0]
+
+
+@pytest.mark.parametrize("change,named", [
+    ("data.train=synthetic:items=600,languages=3,seed=2", "data"),
+    ("train.lr=0.01", "train.lr (0.003 -> 0.01)"),
+    ("model.max_passage_length=24", "model.max_passage_length (32 -> 24)"),
+    ("train.alpha=1.0", "train.alpha (0.5 -> 1.0)"),
+])
+def test_resume_refuses_changed_inputs(finished, change: str, named: str) -> None:
+    _, args = finished
+    line = refused(run_hbt("train", *args, change))
+    assert f"changed: {named}" in line and "--accept-changes" in line
+
+
+def test_resume_refuses_changed_model_weights_and_another_world_size(finished) -> None:
+    tmp, args = finished
+    weights = tmp / "run" / "init" / "model.safetensors"  # the tiny preset's initial model
+    original = weights.read_bytes()
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, weights, metadata={"format": "pt"})
+    try:
+        assert "changed: model" in refused(run_hbt("train", *args))
+    finally:
+        weights.write_bytes(original)
+    assert "changed: world_size (1 -> 2)" in refused(torchrun(2, "train", *args), launcher_exit=1)
+
+
+def test_accept_changes_resumes_anyway_and_operational_keys_need_nothing(finished) -> None:
+    _, args = finished
+    ok(run_hbt("train", *args, "train.checkpoint_every=7", "eval.k=10"))  # where/how often to save, evaluation
+    out = run_hbt("train", *args, "train.max_steps=4", "--accept-changes")
+    ok(out)
+    assert "resumed from" in out.stderr and "at step 3" in out.stderr
+
+
+def test_signal_during_start_up_exits_75_and_the_run_then_resumes(tmp_path: Path) -> None:
+    args = overrides(tmp_path, "early", "train.max_steps=4")
+    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (tmp_path / "early" / "launch.json").exists(), proc)  # started; data, model, DeepSpeed still ahead
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    assert "before training started" in err and not (tmp_path / "early" / "metrics.jsonl").exists()
+    ok(run_hbt("train", *args))
+    assert sorted(losses(tmp_path / "early")) == [1, 2, 3, 4]
+
+
+def test_signal_during_evaluation_exits_75_after_it_and_resumes(tmp_path: Path) -> None:
+    """Evaluation at batch size 1 takes seconds: the signal arrives while it runs. The run
+    finishes the evaluation, checkpoints, exits 75; the resumed run does not repeat it."""
+    args = overrides(tmp_path, "ev", "train.epochs=2", "eval.batch_size=1")
+    per_epoch = steps_per_epoch(args)
+    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "ev" / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= per_epoch, proc)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    assert (tmp_path / "ev" / "checkpoints" / "latest").read_text() == f"step-{per_epoch:08d}"
+    ok(run_hbt("train", *args))
+    evals = [json.loads(line)["eval"] for line in (tmp_path / "ev" / "eval.jsonl").read_text().splitlines()]
+    assert evals == ["epoch-0", "epoch-1"]
+    assert sorted(losses(tmp_path / "ev")) == list(range(1, 2 * per_epoch + 1))
+
+
+def test_signal_while_checkpoints_are_written_every_step(tmp_path: Path) -> None:
+    """With a checkpoint after every step, a signal at a random moment mostly lands in a
+    checkpoint write: the write completes, one more step runs and is saved, exit 75."""
+    args = overrides(tmp_path, "ck", "train.checkpoint_every=1")
+    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    pointer = tmp_path / "ck" / "checkpoints" / "latest"
+    wait_for(lambda: pointer.exists() and pointer.read_text() >= "step-00000003", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    stopped = max(losses(tmp_path / "ck"))
+    assert pointer.read_text() == f"step-{stopped:08d}"
+    assert not list((tmp_path / "ck" / "checkpoints").glob("tmp-*"))
+    ok(run_hbt("train", *args))
+    assert sorted(losses(tmp_path / "ck")) == list(range(1, steps_per_epoch(args) + 1))
