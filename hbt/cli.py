@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 from hbt.errors import EXIT_BAD_INPUT, InputError
@@ -66,9 +67,31 @@ def _train(args: argparse.Namespace) -> int:
     except Diverged as e:
         print(f"hbt: error: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:  # a collective failed: say which rank is gone, not a gloo/NCCL traceback
+        from hbt import dist as hdist
+
+        if not hdist.is_peer_failure(e):
+            raise
+        print(f"hbt: error: {lost_rank_report(e, Path(cfg.run.dir))}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run directory: {run_dir.resolve()}")
     return 0
+
+
+def lost_rank_report(error: RuntimeError, run_dir: Path) -> str:
+    """One line for a run whose peers are gone: who is lost, why, what is safe on disk."""
+    import torch.distributed as dist
+
+    from hbt import dist as hdist
+    from hbt.checkpoint import Checkpointer
+
+    lost = hdist.lost_ranks()
+    who = ("lost rank " + ", ".join(map(str, lost))) if lost else "lost rank 0 (the rendezvous host)" if lost is None else "a collective failed"
+    cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    latest = Checkpointer(run_dir / "checkpoints", keep=1).latest()
+    saved = f"last checkpoint {latest} in {run_dir / 'checkpoints'} is intact; the same command resumes from it" if latest else "no checkpoint yet"
+    return f"rank {dist.get_rank()} of {dist.get_world_size()}: {who} ({cause}); {saved}"
 
 
 def _config(args: argparse.Namespace) -> int:

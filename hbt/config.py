@@ -26,6 +26,7 @@ from hbt.sampler import SamplerConfig
 class RunConfig:
     dir: str = "runs/tiny"  # the run directory: checkpoints, metrics, logs, the exported model
     seed: int = 0
+    dist_timeout_min: float = 30.0  # bound on any collective (NCCL and gloo): a hung or dead rank ends the job
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Config:
                 raise InputError(key, f"must be >= 1, got {value}")
         if t.max_steps is not None and t.max_steps < 0:
             raise InputError("train.max_steps", f"must be >= 0 (0: evaluate the untrained model), got {t.max_steps}")
-        for key, value in {"train.lr": t.lr, "train.temperature": t.temperature}.items():
+        for key, value in {"train.lr": t.lr, "train.temperature": t.temperature, "run.dist_timeout_min": self.run.dist_timeout_min}.items():
             if not value > 0:
                 raise InputError(key, f"must be > 0, got {value}")
         if not 0 <= t.warmup_ratio < 1:

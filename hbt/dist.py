@@ -13,7 +13,9 @@ import os
 import re
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Mapping
 
 import torch
@@ -79,8 +81,12 @@ def detect(env: Mapping[str, str] = os.environ) -> DistEnv:
     return DistEnv(0, 1, 0, "127.0.0.1", free_port(), "single")
 
 
-def init(env: DistEnv | None = None) -> DistEnv:
-    """Start the process group (through DeepSpeed, which the engine needs anyway)."""
+def init(env: DistEnv | None = None, timeout_min: float = 30.0) -> DistEnv:
+    """Start the process group (through DeepSpeed, which the engine needs anyway).
+    ``timeout_min`` bounds every collective, NCCL and gloo alike: a rank that hangs (a
+    dead node without a closed connection, a stuck NCCL kernel) ends the job after it
+    instead of holding the allocation. It must cover the longest wait of a healthy run
+    (rank 0 tokenising or exporting while the others wait at a barrier)."""
     import deepspeed
 
     env = env or detect()
@@ -90,7 +96,7 @@ def init(env: DistEnv | None = None) -> DistEnv:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_min))
     assert dist.get_world_size() == env.world_size, (dist.get_world_size(), env)
     return env
 
@@ -117,3 +123,34 @@ def all_mean(value: torch.Tensor) -> float:
     t = value.detach().clone().double()
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()
+
+
+# How the process group reports a peer that is gone (gloo: the TCP pair; NCCL: the
+# watchdog or a remote error); anything else is a bug to show with its traceback.
+_PEER_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+                  "timed out", "NCCL communicator was aborted", "remote process exited", "DistNetworkError")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank died or hung."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return isinstance(error, dist.DistError) or any(text in str(error) for text in _PEER_FAILURES)
+
+
+def lost_ranks(wait_s: float = 3.0) -> list[int] | None:
+    """The ranks that are gone, found through the rendezvous store after a collective
+    failed: every survivor checks in and waits ``wait_s`` for the others. None when the
+    store itself is unreachable (it lives with rank 0 under srun and mpirun)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"hbt/alive/{rank}", "1")
+        deadline = time.monotonic() + wait_s
+        while True:
+            alive = [r for r in range(world) if store.check([f"hbt/alive/{r}"])]
+            if len(alive) == world or time.monotonic() > deadline:
+                return [r for r in range(world) if r not in alive]
+            time.sleep(0.1)
+    except Exception:  # the store went with its host
+        return None

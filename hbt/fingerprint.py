@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 # Config keys a resumed run may change: they do not alter the trained weights.
-OPERATIONAL = ("run.dir", "data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints")
+OPERATIONAL = ("run.dir", "run.dist_timeout_min", "data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints")
 OPERATIONAL_SECTIONS = ("eval.",)
 FILE = "fingerprint.json"
 

@@ -102,7 +102,7 @@ def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Pa
     signals.install()  # first: a pre-emption during the slow start-up must still requeue
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    env = hdist.init()
+    env = hdist.init(timeout_min=cfg.run.dist_timeout_min)
     _set_threads(env.world_size)
     run_dir = Path(cfg.run.dir)
     if env.is_main:

@@ -86,3 +86,47 @@ def test_sbatch_eval(tmp_path: Path) -> None:
     assert ev.returncode == 0, ev.stderr + (tmp_path / "eval.out").read_text()
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert len(metrics["cross"]) == 6 and metrics["summary"]["multi_map"] > 0
+
+
+def test_usr1_during_start_up_requeues_and_the_job_finishes(tmp_path: Path) -> None:
+    """The signal reaches the ranks while they load data and start DeepSpeed: they exit
+    75 with nothing to save, the script requeues, and the restarted job trains to the end."""
+    run = tmp_path / "run"
+    args = ["configs/tiny.yaml", f"run.dir={run}", f"data.cache_dir={tmp_path}/cache", "train.max_steps=6", "eval.every_epoch=false"]
+    out = sbatch("--parsable", *CPU, f"--output={tmp_path}/job.out", "slurm/train.sh", *args)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 120
+    while not (run / "launch.json").exists():  # the ranks are up; data, model and DeepSpeed still ahead
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    wait_gone(job)
+    log = (tmp_path / "job.out").read_text()
+    ranks = "".join(p.read_text() for p in (run / "logs").iterdir())
+    assert "requeueing job" in log and "(restart 1)" in log, log + ranks
+    assert "before training started" in ranks
+    assert steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_killed_task_ends_the_job_with_one_line_naming_it(tmp_path: Path) -> None:
+    from tests.test_faults import ENDS_WITHIN_S, LOST, kill_rank_1_mid_training
+
+    run = tmp_path / "run"
+    args = ["configs/tiny.yaml", f"run.dir={run}", f"data.cache_dir={tmp_path}/cache", "train.epochs=3",
+            "train.checkpoint_every=3", "eval.every_epoch=false"]
+    out = sbatch("--parsable", *CPU, f"--output={tmp_path}/job.out", "slurm/train.sh", *args)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    queued = lambda: bool(subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip())  # noqa: E731
+    killed = kill_rank_1_mid_training(run, ("SLURM_PROCID",), queued)
+    wait_gone(job, timeout=ENDS_WITHIN_S + 30)
+    took = time.monotonic() - killed
+    print(f"sbatch: task 1 SIGKILLed, job gone after {took:.1f} s")
+    assert took <= ENDS_WITHIN_S
+    rank0 = next(p for p in (run / "logs").iterdir() if p.name.endswith("-0.log")).read_text()
+    ours = [line for line in rank0.splitlines() if line.startswith("hbt:") or "Traceback" in line]
+    assert len(ours) == 1 and ours[0].startswith(LOST), rank0[-3000:]
+    assert "requeueing" not in (tmp_path / "job.out").read_text()
+    latest = (run / "checkpoints" / "latest").read_text()
+    assert (run / "checkpoints" / latest / "fingerprint.json").exists()

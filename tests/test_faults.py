@@ -1,0 +1,95 @@
+"""A rank that dies (OOM killer, node failure) ends the whole job promptly, with one line
+naming the lost rank instead of a gloo traceback, and the last checkpoint resumes. Under
+each launcher users start hbt with: torchrun, ``sbatch slurm/train.sh`` (2 tasks) and
+mpirun. SIGKILL is what the OOM killer sends; nothing is mocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_train import losses, ok, overrides, torchrun
+
+pytestmark = pytest.mark.slow
+ENDS_WITHIN_S = 60
+LOST = "hbt: error: rank 0 of 2: lost rank 1 ("
+
+
+def rank_pid(run_dir: Path, rank: int, variables: tuple[str, ...]) -> int | None:
+    """The pid of the ``hbt train`` process of ``run_dir`` whose launcher variable says ``rank``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"train" in cmdline and f"run.dir={run_dir}".encode() in cmdline and b"-m" in cmdline:
+            if any(f"{v}={rank}".encode() in environ for v in variables) and cmdline[0].endswith(b"python"):
+                return int(entry.name)
+    return None
+
+
+def kill_rank_1_mid_training(run_dir: Path, variables: tuple[str, ...], alive, timeout: float = 300) -> float:
+    """Wait for step 5, SIGKILL rank 1; return the monotonic time of the kill."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        assert alive() and time.monotonic() < deadline, "training did not reach step 5"
+        time.sleep(0.1)
+    pid = rank_pid(run_dir, 1, variables)
+    assert pid is not None, "rank 1 not found"
+    os.kill(pid, signal.SIGKILL)
+    return time.monotonic()
+
+
+def fault_args(tmp: Path) -> list[str]:
+    return overrides(tmp, "run", "train.checkpoint_every=3", "train.epochs=3")
+
+
+def test_torchrun_rank_killed(tmp_path: Path) -> None:
+    args = fault_args(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hbt", "train", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    killed = kill_rank_1_mid_training(tmp_path / "run", ("RANK",), lambda: proc.poll() is None)
+    _, err = proc.communicate(timeout=ENDS_WITHIN_S + 30)
+    took = time.monotonic() - killed
+    print(f"torchrun: rank 1 SIGKILLed, job ended after {took:.1f} s with exit {proc.returncode}")
+    assert proc.returncode != 0 and took <= ENDS_WITHIN_S
+    ours = [line for line in err.splitlines() if line.startswith("hbt:") or line.startswith("[rank0]: Traceback")]
+    assert len(ours) == 1 and ours[0].startswith(LOST) and "is intact" in ours[0], err[-3000:]
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    ok(torchrun(2, "train", *args))  # the intact checkpoint resumes to the end
+    assert f"resumed_from: {latest}" in (tmp_path / "run" / "config-history" / "001.yaml").read_text()
+    assert max(losses(tmp_path / "run")) > int(latest.split("-")[1])
+
+
+def test_mpirun_rank_killed(tmp_path: Path) -> None:
+    if shutil.which("mpirun") is None:
+        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
+            pytest.fail("HBT_REQUIRE_CLUSTER=1 but no mpirun: run slurm/local/up.sh")
+        pytest.skip("no mpirun here (slurm/local/up.sh installs Open MPI)")
+    args = fault_args(tmp_path)
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1",
+           sys.executable, "-m", "hbt", "train", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = kill_rank_1_mid_training(tmp_path / "run", ("OMPI_COMM_WORLD_RANK",), lambda: proc.poll() is None)
+    out, err = proc.communicate(timeout=ENDS_WITHIN_S + 30)
+    took = time.monotonic() - killed
+    print(f"mpirun: rank 1 SIGKILLed, job ended after {took:.1f} s with exit {proc.returncode}")
+    assert proc.returncode != 0 and took <= ENDS_WITHIN_S
+    # mpirun ends the other ranks at once and names the lost one itself.
+    assert "process rank 1 with PID" in out + err and "exited on signal 9" in out + err
+    assert "Traceback" not in err + out
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    assert (tmp_path / "run" / "checkpoints" / latest / "fingerprint.json").exists()
