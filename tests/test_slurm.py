@@ -1,7 +1,9 @@
-"""Real Slurm (the local one-node cluster of slurm/local/up.sh, started by .ci/run):
-``sbatch slurm/train.sh`` with 2 CPU tasks, and a USR1 pre-emption that requeues,
-resumes and finishes with the step count of an uninterrupted run. Every wait has a
-timeout. Skips without Slurm, unless HBT_REQUIRE_CLUSTER=1 (CI) makes that a failure."""
+"""Real Slurm (the local clusters of slurm/local/up.sh, started by .ci/run): ``sbatch
+slurm/train.sh`` with 2 CPU tasks, USR1 pre-emptions that requeue, resume and finish with
+the step count of an uninterrupted run, a killed task, and a two-node job (two slurmd on
+loopback addresses; its SLURM_CONF in HBT_SLURM2_CONF) whose losses equal one process's.
+Every wait has a timeout. Skips without Slurm, unless HBT_REQUIRE_CLUSTER=1 (CI) makes
+that a failure."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_train import steps_per_epoch
+from tests.test_train import SMALL, losses, single_run, steps_per_epoch  # noqa: F401  (single_run: a fixture)
 
 pytestmark = pytest.mark.slow
 CPU = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
@@ -29,15 +31,17 @@ def slurm() -> None:
         pytest.skip("no Slurm here (start one with slurm/local/up.sh and export SLURM_CONF)")
 
 
-def sbatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["sbatch", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def sbatch(*args: str, timeout: float = 300, conf: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SLURM_CONF": conf} if conf else None
+    return subprocess.run(["sbatch", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def wait_gone(job: str, timeout: float = 300) -> None:
+def wait_gone(job: str, timeout: float = 300, conf: str | None = None) -> None:
+    env = {**os.environ, "SLURM_CONF": conf} if conf else None
     deadline = time.monotonic() + timeout
-    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, env=env).stdout.strip():
         if time.monotonic() > deadline:
-            subprocess.run(["scancel", job])
+            subprocess.run(["scancel", job], env=env)
             pytest.fail(f"job {job} still queued or running after {timeout} s")
         time.sleep(0.5)
 
@@ -130,3 +134,49 @@ def test_a_killed_task_ends_the_job_with_one_line_naming_it(tmp_path: Path) -> N
     assert "requeueing" not in (tmp_path / "job.out").read_text()
     latest = (run / "checkpoints" / "latest").read_text()
     assert (run / "checkpoints" / latest / "fingerprint.json").exists()
+
+
+@pytest.fixture
+def two_nodes() -> str:
+    conf = os.environ.get("HBT_SLURM2_CONF", "/tmp/hbt-slurm2/slurm.conf")
+    if not Path(conf).exists():
+        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"HBT_REQUIRE_CLUSTER=1 but no two-node cluster at {conf}: HBT_SLURM_NODES=2 bash slurm/local/up.sh")
+        pytest.skip("no two-node cluster (HBT_SLURM_NODES=2 bash slurm/local/up.sh)")
+    return conf
+
+
+TWO_NODES = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
+
+
+def test_two_nodes_share_the_contrastive_batch_and_match_one_process(tmp_path: Path, two_nodes: str, single_run: Path) -> None:  # noqa: F811
+    """One task on each node, the contrastive batch split across them: the per-step
+    losses of the one-process run (tests/test_train.py's ``single_run``, same settings)."""
+    run = tmp_path / "run"
+    out = sbatch("--wait", *TWO_NODES, f"--output={tmp_path}/job.out", "slurm/train.sh", "configs/tiny.yaml", f"run.dir={run}",
+                 f"data.cache_dir={tmp_path}/cache", *SMALL, "model.dropout=0.0", "train.max_steps=12", conf=two_nodes)
+    assert out.returncode == 0, out.stderr + (tmp_path / "job.out").read_text()
+    assert "on n[1-2], 2 tasks" in (tmp_path / "job.out").read_text()
+    assert json.loads((run / "launch.json").read_text())["world_size"] == 2
+    got, reference = losses(run), losses(single_run)
+    diff = max(abs(got[s] - reference[s]) for s in reference)
+    print(f"two nodes vs one process: max per-step loss difference {diff:.2e} over {len(reference)} steps")
+    assert got.keys() == reference.keys() and diff < 1e-4
+
+
+def test_two_node_job_preempted_requeues_and_resumes(tmp_path: Path, two_nodes: str) -> None:
+    run = tmp_path / "run"
+    args = ["configs/tiny.yaml", f"run.dir={run}", f"data.cache_dir={tmp_path}/cache", *SMALL, "train.epochs=2",
+            "eval.every_epoch=false"]
+    out = sbatch("--parsable", *TWO_NODES, f"--output={tmp_path}/job.out", "slurm/train.sh", *args, conf=two_nodes)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 240
+    while not ((run / "metrics.jsonl").exists() and len(steps(run)) >= 5):
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, env={**os.environ, "SLURM_CONF": two_nodes})
+    wait_gone(job, conf=two_nodes)
+    log = (tmp_path / "job.out").read_text()
+    assert "requeueing job" in log and "(restart 1)" in log, log
+    assert steps(run) == list(range(1, 2 * steps_per_epoch(["--config", *args[:1], *args[1:]]) + 1))
