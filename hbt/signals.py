@@ -23,9 +23,10 @@ def _remember(signum: int, _frame) -> None:
     _received.append(signum)
 
 
-def install() -> None:
-    """Catch the stop signals from now on (a signal already received stays received)."""
-    for sig in SIGNALS:
+def install(extra: tuple[int, ...] = ()) -> None:
+    """Catch the stop signals (and ``extra`` ones, e.g. submitit's) from now on; a signal
+    already received stays received."""
+    for sig in (*SIGNALS, *extra):
         signal.signal(sig, _remember)
 
 

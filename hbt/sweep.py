@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from itertools import product
@@ -104,17 +106,36 @@ def parse_alphas(alphas: str | None, strategies: str | None) -> list[float]:
 
 class TrainJob:
     """What one array task runs: ``hbt train`` in-process. submitit pickles this object;
-    ``checkpoint`` lets submitit requeue a pre-empted job, which then resumes."""
+    ``checkpoint`` lets submitit requeue a pre-empted job, which then resumes.
+
+    submitit's own time-out/pre-emption signal (USR2 on Slurm) would requeue at once and
+    exit mid-step, losing everything since the last periodic checkpoint. So hbt takes
+    that signal like its own: every rank finishes the step and checkpoints; then rank 0
+    hands the signal back to submitit's handler, which requeues the job (``checkpoint``
+    below) and exits, and the requeued job resumes from that checkpoint."""
 
     def __call__(self, config: str, overrides: list[str]) -> str:
         import submitit
 
+        from hbt import signals
         from hbt.config import load_config
         from hbt.train import train
 
-        if submitit.JobEnvironment().num_tasks > 1:
+        job = submitit.JobEnvironment()
+        if job.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return str(train(load_config(config, overrides), resume="auto"))
+        requeue_signal = getattr(signal, "SIG" + job.USR_SIG)  # the one submitit's handler requeues on
+        submitit_handler = signal.getsignal(requeue_signal)
+        signals.install(extra=(requeue_signal,))
+        try:
+            return str(train(load_config(config, overrides), resume="auto"))
+        except signals.Preempted:
+            signal.signal(requeue_signal, submitit_handler)
+            if job.global_rank == 0:
+                os.kill(os.getpid(), requeue_signal)  # submitit: checkpoint() -> requeue -> exit
+                time.sleep(5)  # the handler runs before this returns
+            time.sleep(120)  # other ranks: the requeue ends this process
+            raise
 
     def checkpoint(self, config: str, overrides: list[str]):
         import submitit

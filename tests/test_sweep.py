@@ -7,11 +7,15 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import run_hbt
+from tests.conftest import ROOT, run_hbt
 
 pytestmark = pytest.mark.slow
 SMALL = ["data.train=synthetic:items=480,languages=3,seed=3", "train.batch_size=16", "train.epochs=1",
@@ -61,3 +65,34 @@ def test_local_executor_two_task_job_and_bad_strategy(tmp_path: Path) -> None:
     assert launch["world_size"] == 2 and launch["launcher"] == "torchrun"
     bad = run_hbt("sweep", "--config", "configs/tiny.yaml", "--strategies", "hybird", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown strategy 'hybird'" in bad.stderr
+
+
+def test_submitit_timeout_signal_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
+    """submitit's time-out signal (USR2) reaches a sweep job mid-training with periodic
+    checkpoints far away (checkpoint_every 1000): hbt checkpoints at the step boundary,
+    submitit requeues, and the job resumes there, not from scratch, and finishes."""
+    if shutil.which("sbatch") is None or not os.environ.get("SLURM_CONF"):
+        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
+            pytest.fail("HBT_REQUIRE_CLUSTER=1 but no Slurm here")
+        pytest.skip("no Slurm here (slurm/local/up.sh)")
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "hbt", "sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--executor", "slurm",
+           "--out", str(out), "--wait-timeout", "400", *SMALL, "train.epochs=3", "train.checkpoint_every=1000",
+           "eval.every_epoch=false", f"data.cache_dir={tmp_path}/cache"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = out / "tiny-alpha0.5-seed0"
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    job = subprocess.run(["squeue", "-h", "-n", "hbt-sweep", "-o", "%A"], capture_output=True, text=True).stdout.split()[0]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    stdout, stderr = proc.communicate(timeout=450)
+    assert proc.returncode == 0, stderr[-3000:]
+    history = sorted((run_dir / "config-history").glob("*.yaml"))
+    assert len(history) == 2, "the job was not requeued"
+    resumed_from = yaml.safe_load(history[1].read_text())["resumed_from"]
+    assert resumed_from is not None and int(resumed_from.split("-")[1]) >= 5  # the signal's checkpoint, not step 0
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1)) and len(rows(out)) == 1
