@@ -96,7 +96,16 @@ def init(env: DistEnv | None = None, timeout_min: float = 30.0) -> DistEnv:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_min))
+        timeout = timedelta(minutes=timeout_min)
+        # DeepSpeed makes its own groups (data parallel, ZeRO) with new_group(), which takes
+        # torch's module default, not the world group's: set that default too, or the
+        # gradient all-reduce of a job with a hung rank waits 30 minutes (tests/test_faults.py).
+        from torch.distributed import distributed_c10d
+
+        distributed_c10d.default_pg_timeout = timeout
+        if isinstance(getattr(distributed_c10d, "default_pg_nccl_timeout", None), timedelta):
+            distributed_c10d.default_pg_nccl_timeout = timeout
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
     assert dist.get_world_size() == env.world_size, (dist.get_world_size(), env)
     return env
 

@@ -93,3 +93,30 @@ def test_mpirun_rank_killed(tmp_path: Path) -> None:
     assert "Traceback" not in err + out
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
     assert (tmp_path / "run" / "checkpoints" / latest / "fingerprint.json").exists()
+
+
+def test_a_hung_rank_ends_the_job_after_the_configured_timeout(tmp_path: Path) -> None:
+    """SIGSTOP: rank 1 neither works nor closes its connections (a stuck kernel, a frozen
+    node). Only ``run.dist_timeout_min`` ends the wait; rank 0 then names it."""
+    args = [*fault_args(tmp_path), "run.dist_timeout_min=0.25"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hbt", "train", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run_dir = tmp_path / "run"
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    pid = rank_pid(run_dir, 1, ("RANK",))
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.kill(pid, signal.SIGKILL) if Path(f"/proc/{pid}").exists() else None
+    took = time.monotonic() - stopped
+    print(f"torchrun: rank 1 SIGSTOPped, job ended after {took:.1f} s (timeout 15 s)")
+    assert proc.returncode != 0 and 15 <= took <= 15 + ENDS_WITHIN_S
+    ours = [line for line in err.splitlines() if line.startswith("hbt:")]
+    assert len(ours) == 1 and ours[0].startswith(LOST), err[-3000:]

@@ -74,7 +74,7 @@ def test_resume_refuses_changed_inputs(finished, change: str, named: str) -> Non
     assert f"changed: {named}" in line and "--accept-changes" in line
 
 
-def test_resume_refuses_changed_model_weights_and_another_world_size(finished) -> None:
+def test_resume_refuses_changed_model_weights_tokenizer_and_world_size(finished) -> None:
     tmp, args = finished
     weights = tmp / "run" / "init" / "model.safetensors"  # the tiny preset's initial model
     original = weights.read_bytes()
@@ -86,6 +86,17 @@ def test_resume_refuses_changed_model_weights_and_another_world_size(finished) -
         assert "changed: model" in refused(run_hbt("train", *args))
     finally:
         weights.write_bytes(original)
+    tokenizer = tmp / "run" / "init" / "tokenizer.json"  # the same vocabulary, two pieces' ids swapped
+    original = tokenizer.read_text(encoding="utf-8")
+    tree = json.loads(original)
+    vocab = tree["model"]["vocab"]
+    a, b = sorted(vocab)[10:12]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    tokenizer.write_text(json.dumps(tree), encoding="utf-8")
+    try:
+        assert "changed: tokenizer" in refused(run_hbt("train", *args))
+    finally:
+        tokenizer.write_text(original, encoding="utf-8")
     assert "changed: world_size (1 -> 2)" in refused(torchrun(2, "train", *args), launcher_exit=1)
 
 
