@@ -1,5 +1,6 @@
 """Distributed evaluation: 1, 2 and 3 ranks give the single-process brute-force results;
-metrics agree with ir-measures (pytrec_eval); language bias on a hand-computed case."""
+metrics agree with ir-measures (pytrec_eval); language bias on a hand-computed case;
+blocked exact ranks agree with a plain-Python definition, and block sizes change nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ir_measures import AP, RR, R, nDCG
 
 from hbt.data import load_corpus
@@ -22,7 +25,7 @@ from hbt.eval.bias import language_bias
 from hbt.eval.encode import encode, shard_bounds
 from hbt.eval.metrics import metrics_from_ranks
 from hbt.eval.run import Layout, evaluate
-from hbt.eval.search import distributed_topk
+from hbt.eval.search import Block, distributed_topk, exact_counts, relevant_scores, spans
 from hbt.model import BiEncoder, build_tiny
 
 SPEC = TextSpec(max_query_length=16, max_passage_length=32)
@@ -194,3 +197,69 @@ def test_approximate_indexes_find_most_true_neighbours(kind: str) -> None:
     _, approx = local_topk(build_index(vectors, kind), queries, np.arange(4000), 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert (approx[:, 0] == np.arange(200)).mean() > 0.95 and recall > 0.5, recall
+
+
+def reference_counts(queries: np.ndarray, cands: np.ndarray, relevant: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """The definition, one candidate at a time: candidate c ranks above relevant candidate
+    r of query i when its score beats r's threshold, or equals it and c < r; r never counts."""
+    counts = np.zeros(relevant.shape, dtype=np.int64)
+    for (i, j), rel in np.ndenumerate(relevant):
+        if rel < 0:
+            continue
+        t = thresholds[i, j]
+        for c in range(len(cands)):
+            score = sum(int(a) * int(b) for a, b in zip(queries[i], cands[c]))  # exact: small integers
+            counts[i, j] += c != rel and (score > t or (score == t and c < rel))
+    return counts
+
+
+@st.composite
+def ranking_problems(draw):
+    """Small pools of small-integer vectors (many exact ties, scores exact in float64 in any
+    order), split over 1-3 ranks, scored in tiny blocks; a relevant candidate's threshold may
+    sit one ulp off its own score, as it does when another product rounded it."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_q, n_c, dim, width = draw(st.integers(1, 9)), draw(st.integers(1, 25)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    queries = rng.integers(-1, 2, (n_q, dim)).astype(np.float32)
+    cands = rng.integers(-1, 2, (n_c, dim)).astype(np.float32)
+    query_lang = np.sort(rng.integers(0, draw(st.integers(1, 3)), n_q))
+    relevant = np.full((n_q, width), -1, dtype=np.int64)
+    for i in range(n_q):
+        chosen = rng.choice(n_c, size=rng.integers(0, min(width, n_c) + 1), replace=False)
+        relevant[i, rng.choice(width, size=len(chosen), replace=False)] = chosen  # -1 pads anywhere
+    world = draw(st.integers(1, 3))
+    block = Block(draw(st.integers(1, 4)), draw(st.integers(1, 6)))
+    nudge = rng.integers(-1, 2, relevant.shape)  # -1, 0, +1 ulp
+    return queries, cands, query_lang, relevant, world, block, nudge
+
+
+@settings(max_examples=300, deadline=None)
+@given(problem=ranking_problems())
+def test_blocked_exact_counts_match_the_definition(problem) -> None:
+    queries, cands, query_lang, relevant, world, block, nudge = problem
+    shards = [shard_bounds(len(cands), r, world) for r in range(world)]
+    thresholds = np.sum([relevant_scores(queries, cands[a:b], a, relevant) for a, b in shards], axis=0)
+    exact = np.array([[queries[i] @ cands[r] if r >= 0 else 0 for r in row] for i, row in enumerate(relevant)], dtype=np.float64)
+    assert (thresholds == exact).all()
+    thresholds = np.where(nudge > 0, np.nextafter(thresholds, np.inf), np.where(nudge < 0, np.nextafter(thresholds, -np.inf), thresholds))
+    got = sum(exact_counts(queries, query_lang, cands[a:b], np.arange(a, b), relevant, thresholds, block) for a, b in shards)
+    assert (got == reference_counts(queries, cands, relevant, thresholds)).all()
+
+
+def test_spans_are_near_equal_and_cover_every_index_once() -> None:
+    for n in (0, 1, 5, 4096, 4097, 10_000):
+        for size in (1, 3, 4096):
+            pieces = spans(n, size)
+            assert [i for a, b in pieces for i in range(a, b)] == list(range(n))
+            assert all(b - a <= size for a, b in pieces) and len(pieces) == -(-n // size)
+            assert max((b - a for a, b in pieces), default=0) - min((b - a for a, b in pieces), default=0) <= 1
+
+
+def test_tiny_blocks_give_exactly_the_default_results(single: dict) -> None:
+    model, tokenizer, rs = model_and_tokenizer()  # encoded as in ``single`` (same process, same threads)
+    got = evaluate(model, tokenizer, rs, SPEC, k=10, progress=False, block=Block(queries=3, candidates=5))
+    ref = single["result"]
+    for key in ("mono", "cross", "multi", "bias", "summary"):
+        assert got[key] == ref[key]  # exact: ranks are integers, metrics their functions
+    for x in ref["topk"]["lists"]:
+        assert (got["topk"]["lists"][x][1] == ref["topk"]["lists"][x][1]).all()

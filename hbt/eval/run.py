@@ -5,6 +5,7 @@ Candidates get global ids in language order; rank r keeps the contiguous shard
 ``shard_bounds``. Query embeddings are gathered to every rank; candidate embeddings never
 leave their rank: each rank contributes FAISS top-k lists and, for every relevant
 candidate, the count of its own candidates that score above it (exact ranks, summed).
+:func:`search_and_rank` is that part alone, from embeddings, for benchmarks at any scale.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hbt.errors import InputError
 from hbt.eval.bias import language_bias
 from hbt.eval.encode import encode, gather_objects, shard_bounds, world
 from hbt.eval.metrics import metrics_from_ranks
-from hbt.eval.search import IndexKind, build_index, count_above, local_topk, merge_topk
+from hbt.eval.search import Block, IndexKind, build_index, exact_counts, local_topk, merge_topk, relevant_scores
 
 SETTINGS = ("mono", "cross", "multi")
 
@@ -70,9 +71,11 @@ class Layout:
 
 
 def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, settings: tuple[str, ...] = SETTINGS,
-             k: int = 100, index: IndexKind = "flat", batch_size: int = 128, progress: bool = True) -> dict:
+             k: int = 100, index: IndexKind = "flat", batch_size: int = 128, progress: bool = True,
+             block: Block = Block()) -> dict:
     """Metrics per setting and language (pair), their means, language bias, timings, and
-    the multilingual top-k lists (for run files)."""
+    the multilingual top-k lists (for run files). ``block`` bounds the memory of exact ranks
+    (:class:`hbt.eval.search.Block`); it changes no result."""
     rank, size = world()
     layout = Layout.of(rs, spec)
     show = progress and rank == 0
@@ -88,39 +91,12 @@ def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, settings: tuple
     if q_emb.shape[1] != c_emb.shape[1]:
         raise InputError("model", f"query embeddings have {q_emb.shape[1]} dimensions, candidates {c_emb.shape[1]}")
 
-    c_ids = np.arange(ca, cb)
-    c_lang = layout.cand_lang[ca:cb]
+    # Only the multilingual setting writes top-k lists (multi.run); the others need no index.
+    counts, gathered, search_timings = search_and_rank(
+        q_emb, c_emb, ca, layout.query_lang, layout.cand_lang, layout.relevant,
+        k=k if "multi" in settings else 0, index=index, block=block, show=show)
+    timings.update(search_timings)
     n_clang = len(layout.cand_langs)
-    # Scores of every query with its own relevant candidates, from the rank that holds them.
-    owned = (layout.relevant >= ca) & (layout.relevant < cb)
-    q64, c64 = q_emb.astype(np.float64), c_emb.astype(np.float64)
-    thresholds = np.zeros(layout.relevant.shape)
-    qi, ri = np.nonzero(owned)
-    for lo in range(0, len(qi), 65536):  # chunks keep the gathered pairs small
-        q, r = qi[lo:lo + 65536], ri[lo:lo + 65536]
-        thresholds[q, r] = np.einsum("nd,nd->n", q64[q], c64[layout.relevant[q, r] - ca])
-    thresholds = np.sum(gather_objects(thresholds), axis=0)
-
-    tick = time.perf_counter()
-    counts = np.zeros(layout.relevant.shape + (n_clang,), dtype=np.int64)  # candidates above, per pool language
-    topk_parts: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-    search_s = index_s = 0.0
-    for y in tqdm(range(n_clang), desc="search and rank", disable=not show, leave=False):
-        cols = np.flatnonzero(c_lang == y)
-        t0 = time.perf_counter()
-        faiss_index = build_index(c_emb[cols], index) if len(cols) else None
-        index_s += time.perf_counter() - t0
-        for x in range(len(layout.query_langs)):
-            rows = np.flatnonzero(layout.query_lang == x)
-            counts[rows, :, y] = count_above(q64[rows] @ c64[cols].T, c_ids[cols], thresholds[rows], layout.relevant[rows])
-            t0 = time.perf_counter()
-            topk_parts[x, y] = local_topk(faiss_index, q_emb[rows], c_ids[cols], k)
-            search_s += time.perf_counter() - t0
-    counts = np.sum(gather_objects(counts), axis=0)
-    gathered = gather_objects(topk_parts)
-    timings["rank_s"] = time.perf_counter() - tick - search_s - index_s
-    timings["index_s"] = index_s
-    timings["search_s"] = search_s
 
     tick = time.perf_counter()
     rel_lang = np.where(layout.relevant >= 0, layout.cand_lang[np.maximum(layout.relevant, 0)], -1)
@@ -149,6 +125,59 @@ def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, settings: tuple
     timings["metrics_s"] = time.perf_counter() - tick
     results["timings"] = timings
     return results
+
+
+def search_and_rank(queries: np.ndarray, cands: np.ndarray, first_id: int, query_lang: np.ndarray,
+                    cand_lang: np.ndarray, relevant: np.ndarray, k: int = 100, index: IndexKind = "flat",
+                    block: Block = Block(), show: bool = False) -> tuple[np.ndarray, list[dict], dict[str, float]]:
+    """This rank's part of an evaluation from embeddings alone (no model, no texts), so a
+    benchmark can run it on any pool: the exact counts of candidates above every relevant
+    candidate, and the FAISS top-k lists of every (query language, pool language) pair.
+
+    ``queries``: every query's embedding (L2-normalised float32, in query order);
+    ``cands``: this rank's candidates, whose global ids start at ``first_id``;
+    ``query_lang`` (queries) and ``cand_lang`` (all candidates, not only this rank's):
+    language numbers, candidates in language order; ``relevant``: (queries x R) global
+    candidate ids, -1 pads. Returns the counts (queries x R x pool languages) summed over
+    ranks, every rank's top-k lists ({(x, y): (scores, ids)}, none when ``k`` is 0) and timings.
+    """
+    n_clang = int(cand_lang.max()) + 1 if len(cand_lang) else 0
+    ids = np.arange(first_id, first_id + len(cands))
+    local_lang = cand_lang[first_id:first_id + len(cands)]
+    pools = [_rows(local_lang == y) for y in range(n_clang)]  # this rank's candidates of each language
+
+    tick = time.perf_counter()
+    thresholds = np.sum(gather_objects(relevant_scores(queries, cands, first_id, relevant)), axis=0)
+    counts = np.zeros(relevant.shape + (n_clang,), dtype=np.int64)  # candidates above, per pool language
+    for y, pool in enumerate(tqdm(pools, desc="exact ranks", disable=not show, leave=False)):
+        counts[:, :, y] = exact_counts(queries, query_lang, cands[pool], ids[pool], relevant, thresholds, block)
+    counts = np.sum(gather_objects(counts), axis=0)
+    timings = {"rank_s": time.perf_counter() - tick, "index_s": 0.0, "search_s": 0.0}
+
+    topk_parts: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    query_rows = [np.flatnonzero(query_lang == x) for x in range(int(query_lang.max()) + 1 if len(query_lang) else 0)]
+    for y, pool in enumerate(tqdm(pools if k > 0 else [], desc="search", disable=not show, leave=False)):
+        t0 = time.perf_counter()
+        faiss_index = build_index(cands[pool], index) if len(ids[pool]) else None
+        timings["index_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for x, rows in enumerate(query_rows):
+            topk_parts[x, y] = local_topk(faiss_index, queries[rows], ids[pool], k)
+        del faiss_index  # before the next language's is built: one copy of a shard at a time
+        timings["search_s"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gathered = gather_objects(topk_parts) if k > 0 else []
+    timings["search_s"] += time.perf_counter() - t0
+    return counts, gathered, timings
+
+
+def _rows(mask: np.ndarray) -> slice | np.ndarray:
+    """Where ``mask`` holds, as a slice when that is one run (a language's candidates on a
+    rank always are, so indexing by it copies no embeddings), else as indices."""
+    where = np.flatnonzero(mask)
+    if len(where) and where[-1] - where[0] + 1 == len(where):
+        return slice(int(where[0]), int(where[-1]) + 1)
+    return where
 
 
 def summarize(results: dict) -> dict[str, float]:
