@@ -26,16 +26,22 @@ def _data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_sample(args: argparse.Namespace) -> int:
+def _data_sampler(args: argparse.Namespace):
+    """The corpus and the sampler that ``hbt data sample`` and ``hbt data plan`` share."""
     from hbt.data import load_corpus
     from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig
 
     corpus = load_corpus(args.path)
     cfg = SamplerConfig(
-        batch_size=args.batch_size, alpha=args.alpha, mix=args.mix,
-        language_policy=args.language_policy, language_temperature=args.language_temperature, seed=args.seed,
+        batch_size=args.batch_size, alpha=args.alpha, mix=args.mix, language_policy=args.language_policy,
+        language_temperature=args.language_temperature, remainder=args.remainder, seed=args.seed,
     )
-    sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg)
+    return corpus, HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg)
+
+
+def _data_sample(args: argparse.Namespace) -> int:
+    _, sampler = _data_sampler(args)
+    cfg = sampler.cfg
     for epoch in range(args.epochs):
         mix = sampler.mix(epoch)
         batches = sampler.plan(epoch)
@@ -46,6 +52,38 @@ def _data_sample(args: argparse.Namespace) -> int:
         for batch in batches[: args.show]:
             langs = sorted({f"{q}->{p}" for _, q, p in batch.pairs})
             print(f"  {batch.kind:5s} {len(batch.pairs)} pairs: {', '.join(langs[:6])}{' ...' if len(langs) > 6 else ''}")
+    return 0
+
+
+def _data_plan(args: argparse.Namespace) -> int:
+    """One JSON line per global contrastive batch, with the corpus' own item ids."""
+    import json
+    from pathlib import Path
+
+    if args.epochs < 1:
+        raise InputError("--epochs", f"must be at least 1, got {args.epochs}")
+    corpus, sampler = _data_sampler(args)
+    ids = [item.id for item in corpus.items]
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    total = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for epoch in range(args.epochs):
+                plan = sampler.plan(epoch)
+                for b in range(len(plan)):
+                    pairs = [[ids[i], q, p] for i, q, p in plan.pairs(b)]
+                    kind = "mono" if plan.mono[b] else "cross"
+                    f.write(json.dumps({"epoch": epoch, "index": b, "kind": kind, "pairs": pairs}, ensure_ascii=False) + "\n")
+                total += len(plan)
+                mix = plan.mix()
+                print(f"epoch {epoch}: {len(plan)} contrastive batches of {sampler.cfg.batch_size}, "
+                      f"{len(plan) - mix['cross']} mono, {mix['cross']} cross")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(str(out), f"cannot write the plan: {e.strerror or e}") from None
+    tmp.replace(out)
+    print(f"wrote {total} batches ({args.epochs} epoch{'s' if args.epochs != 1 else ''}) to {out}")
     return 0
 
 
@@ -162,6 +200,18 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _sampler_options(parser: argparse.ArgumentParser) -> None:
+    """The sampler settings of ``hbt data sample`` and ``hbt data plan`` (train.* in a config)."""
+    parser.add_argument("path", help="as for 'hbt data stats'")
+    parser.add_argument("--batch-size", type=int, default=32, help="contrastive batch size (all ranks together)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="share of monolingual batches")
+    parser.add_argument("--mix", choices=["exact", "bernoulli"], default="exact")
+    parser.add_argument("--language-policy", choices=["proportional", "uniform", "temperature"], default="proportional")
+    parser.add_argument("--language-temperature", type=float, default=1.0)
+    parser.add_argument("--remainder", choices=["drop", "carry"], default="drop", help="items that fill no last batch: dropped or first next epoch")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -172,16 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("path", help="LAReQA .json file or directory, a .jsonl file, or synthetic[:items=N,languages=L,...]")
     stats.set_defaults(run=_data_stats)
     sample = data_commands.add_parser("sample", help="plan hybrid batches and print the batch-type mix")
-    sample.add_argument("path", help="as for 'hbt data stats'")
-    sample.add_argument("--batch-size", type=int, default=32, help="contrastive batch size (all ranks together)")
-    sample.add_argument("--alpha", type=float, default=0.5, help="share of monolingual batches")
-    sample.add_argument("--mix", choices=["exact", "bernoulli"], default="exact")
-    sample.add_argument("--language-policy", choices=["proportional", "uniform", "temperature"], default="proportional")
-    sample.add_argument("--language-temperature", type=float, default=1.0)
-    sample.add_argument("--seed", type=int, default=0)
+    _sampler_options(sample)
     sample.add_argument("--epochs", type=int, default=1)
     sample.add_argument("--show", type=int, default=5, help="print the first N batches of each epoch")
     sample.set_defaults(run=_data_sample)
+    plan = data_commands.add_parser("plan", help="write every global contrastive batch of some epochs as JSON lines",
+                                    description="One line per contrastive batch: {epoch, index, kind, pairs: "
+                                                "[[item id, query language, passage language], ...]}. The plan depends "
+                                                "on the data, seed and batch size only, not on the world size.")
+    _sampler_options(plan)
+    plan.add_argument("--epochs", type=int, default=1)
+    plan.add_argument("--out", required=True, help="the JSONL file to write")
+    plan.set_defaults(run=_data_plan)
 
     train = commands.add_parser("train", help="fine-tune a bi-encoder with hybrid batches (1 to N ranks)",
                                 description="Train from a YAML config; overrides like train.alpha=0.5 follow it.")

@@ -19,18 +19,31 @@ and passage languages of a cross-lingual pair, are drawn with weights from
 "sampled based on dataset size"), ``uniform``, or ``temperature`` (count ** (1/T), T = ``language_temperature``).
 
 An epoch is one pass over the items: an item id is used at most once as a query, in
-whatever language its batch gives it. No contrastive batch holds an item twice or two
-pairs with the same passage text (either would be a false negative). The items an
-epoch cannot fit into a full batch are dropped, or with ``remainder="carry"`` put first
-in the next epoch.
+whatever language its batch gives it. The items an epoch cannot fit into a full batch
+are dropped, or with ``remainder="carry"`` put first in the next epoch.
+
+**No false negatives.** Items that share a passage text in any language form one
+*answer group* (connected components of "has the same passage text as"); a contrastive
+batch holds at most one item of each group. Evaluation calls a candidate relevant to a
+query when the query's item is among the candidate's items, i.e. when the item's own
+passage in that language has that text; so no passage of a batch is relevant to another
+pair's query of the same batch, in any language pairing (and no batch holds an item
+twice or one passage text twice).
+
+Scale. :class:`LanguageIndex` is a handful of numpy arrays (CSR offsets, a language code
+and a passage id per (item, language) pair, an answer group per item); an epoch's plan is
+three arrays (items, query and passage languages per slot) and batches are materialised
+on access. Planning is greedy in the epoch's item order with one queue per language and
+one for multilingual items; each queue entry is looked at O(1) times, so one epoch costs
+O(pairs) numpy work plus O(1) numpy calls per batch (docs/sampler-benchmarks.md).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence, overload
 
 import numpy as np
 
@@ -65,32 +78,181 @@ class SamplerConfig:
             raise InputError("train.remainder", f"must be 'drop' or 'carry', got {self.remainder!r}")
 
 
-class LanguageIndex:
-    """What the sampler needs to know of a corpus: which languages each item exists in,
-    and an id per distinct passage text (to keep equal passages out of one batch)."""
+# -- the index ------------------------------------------------------------------------
 
-    def __init__(self, languages: list[str], item_langs: list[tuple[int, ...]], passage_ids: list[dict[int, int]]):
-        self.languages = languages
-        self.item_langs = item_langs
-        self.passage_ids = passage_ids
-        self.counts = np.zeros(len(languages), dtype=np.int64)
-        for langs in item_langs:
-            self.counts[list(langs)] += 1
+
+def _csr_take(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The pair positions of ``rows`` (CSR rows), concatenated in the order of ``rows``."""
+    starts = offsets[rows]
+    lens = offsets[rows + 1] - starts
+    ends = np.cumsum(lens)
+    return np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) + np.repeat(starts - (ends - lens), lens)
+
+
+def answer_groups(n_items: int, item_of_pair: np.ndarray, passages: np.ndarray) -> np.ndarray:
+    """Connected components of "items share a passage id": per item, the smallest item
+    index of its component. Hook-the-larger-root union with full path compression, all
+    in numpy; each round is O(pairs) and the rounds are few (about log of the largest
+    component's diameter)."""
+    parent = np.arange(n_items, dtype=np.int64)
+    if len(passages) < 2:
+        return parent
+    by_passage = np.argsort(passages, kind="stable")
+    same = passages[by_passage[1:]] == passages[by_passage[:-1]]
+    u = item_of_pair[by_passage[:-1][same]].astype(np.int64)
+    v = item_of_pair[by_passage[1:][same]].astype(np.int64)
+    del by_passage, same
+    while u.size:
+        ru, rv = parent[u], parent[v]  # roots: parent is fully compressed here
+        differ = ru != rv
+        u, v, ru, rv = u[differ], v[differ], ru[differ], rv[differ]
+        if not u.size:
+            break
+        np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
+        while True:  # pointer jumping until every item points at its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    return parent
+
+
+class LanguageIndex:
+    """What the sampler needs to know of a corpus, as arrays:
+
+    * ``offsets`` (items + 1): item ``i``'s pairs are ``offsets[i]:offsets[i + 1]``;
+    * ``langs`` (pairs): the language code of each (item, language) pair, ascending per item;
+    * ``passages`` (pairs): an id per passage *text*: equal ids are equal texts, in any
+      language (``from_corpus`` numbers the distinct texts of the whole corpus);
+    * ``group`` (items): the item's answer group, the smallest item index among the items
+      it is connected to by sharing a passage id. A contrastive batch holds at most one
+      item per group, which rules out every false negative (docs/sampler.md);
+    * ``counts`` (languages): items per language.
+
+    ``LanguageIndex(languages, item_langs, passage_ids)`` takes Python lists (per item a
+    tuple of language codes and a ``{language code: passage id}`` dict);
+    :meth:`from_arrays` takes the arrays directly (no Python object per item).
+    """
+
+    languages: list[str]
+    offsets: np.ndarray
+    langs: np.ndarray
+    passages: np.ndarray
+    group: np.ndarray
+    counts: np.ndarray
+
+    def __init__(self, languages: list[str], item_langs: Sequence[Sequence[int]], passage_ids: Sequence[dict[int, int]]):
+        if len(item_langs) != len(passage_ids):
+            raise InputError("LanguageIndex", f"{len(item_langs)} items' languages but {len(passage_ids)} items' passage ids")
+        lens = np.fromiter((len(langs) for langs in item_langs), dtype=np.int64, count=len(item_langs))
+        offsets = np.zeros(len(item_langs) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        langs = np.fromiter((lang for ls in item_langs for lang in ls), dtype=np.int64, count=int(offsets[-1]))
+        try:
+            passages = np.fromiter((ids[lang] for ls, ids in zip(item_langs, passage_ids) for lang in ls),
+                                   dtype=np.int64, count=int(offsets[-1]))
+        except KeyError as e:
+            raise InputError("LanguageIndex", f"an item has no passage id for its language {e.args[0]}") from None
+        self._setup(list(languages), offsets, langs, passages)
+
+    @classmethod
+    def from_arrays(cls, languages: Sequence[str], offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray) -> "LanguageIndex":
+        """The index of CSR arrays: item ``i`` exists in languages ``langs[offsets[i]:offsets[i+1]]``
+        with passage ids ``passages[...]`` (ids name texts; equal id = equal text)."""
+        self = cls.__new__(cls)
+        self._setup(list(languages), np.asarray(offsets), np.asarray(langs), np.asarray(passages))
+        return self
 
     @classmethod
     def from_corpus(cls, corpus: Corpus) -> "LanguageIndex":
         languages = corpus.languages
         code = {lang: i for i, lang in enumerate(languages)}
         text_ids: dict[str, int] = {}
-        item_langs, passage_ids = [], []
+        offsets, langs, passages = [0], [], []
         for item in corpus.items:
-            langs = tuple(sorted(code[lang] for lang in item.pairs))
-            item_langs.append(langs)
-            passage_ids.append({code[lang]: text_ids.setdefault(pair.passage, len(text_ids)) for lang, pair in item.pairs.items()})
-        return cls(languages, item_langs, passage_ids)
+            for lang in sorted(item.pairs, key=code.__getitem__):
+                langs.append(code[lang])
+                passages.append(text_ids.setdefault(item.pairs[lang].passage, len(text_ids)))
+            offsets.append(len(langs))
+        return cls.from_arrays(languages, np.array(offsets, dtype=np.int64), np.array(langs, dtype=np.int64),
+                               np.array(passages, dtype=np.int64))
+
+    def _setup(self, languages: list[str], offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray) -> None:
+        where = "LanguageIndex"
+        if len(set(languages)) != len(languages):
+            raise InputError(where, f"languages repeat: {languages}")
+        if offsets.ndim != 1 or len(offsets) < 1 or not np.issubdtype(offsets.dtype, np.integer):
+            raise InputError(where, "offsets must be a 1-D integer array of items + 1 entries")
+        if langs.shape != passages.shape or langs.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(langs):
+            raise InputError(where, f"offsets must run from 0 to the {len(langs)} pairs, and langs and passages have one entry per pair")
+        lens = np.diff(offsets)
+        if (lens < 0).any():
+            raise InputError(where, "offsets must be non-decreasing")
+        if not (np.issubdtype(langs.dtype, np.integer) and np.issubdtype(passages.dtype, np.integer)):
+            raise InputError(where, "langs and passages must be integer arrays")
+        if len(langs) and (langs.min() < 0 or langs.max() >= len(languages)):
+            raise InputError(where, f"a language code outside 0..{len(languages) - 1}")
+        n = len(lens)
+        item_of_pair = np.repeat(np.arange(n, dtype=np.int64), lens)
+        langs = langs.astype(np.min_scalar_type(max(len(languages) - 1, 0)))
+        passages = passages.astype(np.int64, copy=False)
+        if len(langs) > 1:
+            step = np.diff(langs.astype(np.int64))
+            inside = item_of_pair[1:] == item_of_pair[:-1]
+            if (step[inside] <= 0).any():  # sort each item's languages, then refuse repeats
+                by = np.lexsort((langs, item_of_pair))
+                langs, passages = langs[by], passages[by]
+                if ((np.diff(langs.astype(np.int64)) == 0) & inside).any():
+                    raise InputError(where, "an item lists a language twice")
+        self.languages = languages
+        self.offsets = offsets.astype(np.int64, copy=False)
+        self.langs = langs
+        self.passages = passages
+        self.n_langs = lens
+        self.counts = np.bincount(langs, minlength=len(languages)).astype(np.int64)
+        self.group = answer_groups(n, item_of_pair, passages)
+        self._group_pools: tuple[np.ndarray, int] | None = None
+
+    # -- queries (tests, checks and tools; the planner reads the arrays) ----------------
+    @property
+    def n_items(self) -> int:
+        return len(self.n_langs)
+
+    def langs_of(self, item: int) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.langs[self.offsets[item]:self.offsets[item + 1]])
+
+    def passage_of(self, item: int, lang: int) -> int | None:
+        """The passage id of ``item`` in language code ``lang`` (None where it is missing)."""
+        lo, hi = int(self.offsets[item]), int(self.offsets[item + 1])
+        at = lo + int(np.searchsorted(self.langs[lo:hi], lang))
+        return int(self.passages[at]) if at < hi and self.langs[at] == lang else None
 
     def distinct_passages(self, lang: int) -> int:
-        return len({p[lang] for p in self.passage_ids if lang in p})
+        return len(np.unique(self.passages[self.langs == lang]))
+
+    def _pools(self) -> tuple[np.ndarray, int]:
+        """Distinct answer groups per language, and among the multilingual items."""
+        if self._group_pools is None:
+            item_of_pair = np.repeat(np.arange(self.n_items, dtype=np.int64), self.n_langs)
+            groups = self.group[item_of_pair]
+            per_lang = np.zeros(len(self.languages), dtype=np.int64)
+            if len(groups):
+                key = np.unique(self.langs.astype(np.int64) * self.n_items + groups)
+                per_lang = np.bincount(key // max(self.n_items, 1), minlength=len(self.languages)).astype(np.int64)
+            multi = len(np.unique(self.group[self.n_langs >= 2]))
+            self._group_pools = (per_lang, multi)
+        return self._group_pools
+
+    def distinct_groups(self, lang: int) -> int:
+        """How many items of language ``lang`` can share a batch: one per answer group."""
+        return int(self._pools()[0][lang])
+
+    def multilingual_groups(self) -> int:
+        """How many items in two or more languages can share a (cross-lingual) batch."""
+        return self._pools()[1]
+
+
+# -- plans ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -104,10 +266,49 @@ class ContrastiveBatch:
         return self.kind if self.kind == "cross" else f"mono/{self.pairs[0][1]}"
 
 
-@dataclass
-class _EpochPlan:
-    batches: list[ContrastiveBatch]
-    leftover: list[int]  # items no batch used, in pool order (what "carry" carries)
+class EpochPlan(Sequence[ContrastiveBatch]):
+    """One epoch's global contrastive batches, stored as arrays (``items``, ``qlang``,
+    ``plang``: batches x batch size; ``mono``: per batch) and materialised as
+    :class:`ContrastiveBatch` on access. ``leftover``: the items no batch used, in the
+    epoch's item order (what ``remainder="carry"`` carries)."""
+
+    def __init__(self, languages: list[str], mono: np.ndarray, items: np.ndarray, qlang: np.ndarray,
+                 plang: np.ndarray, leftover: np.ndarray):
+        self.languages, self.mono, self.items, self.qlang, self.plang, self.leftover = languages, mono, items, qlang, plang, leftover
+
+    def __len__(self) -> int:
+        return len(self.mono)
+
+    def pairs(self, b: int, lo: int = 0, hi: int | None = None) -> list[PairKey]:
+        """Pairs ``lo:hi`` of batch ``b`` (a rank's slice)."""
+        names = self.languages
+        return [(int(i), names[q], names[p]) for i, q, p in zip(self.items[b, lo:hi].tolist(), self.qlang[b, lo:hi].tolist(), self.plang[b, lo:hi].tolist())]
+
+    @overload
+    def __getitem__(self, b: int) -> ContrastiveBatch: ...
+    @overload
+    def __getitem__(self, b: slice) -> list[ContrastiveBatch]: ...
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[i] for i in range(*b.indices(len(self)))]
+        if b < 0:
+            b += len(self)
+        if not 0 <= b < len(self):
+            raise IndexError(b)
+        return ContrastiveBatch("mono" if self.mono[b] else "cross", tuple(self.pairs(b)))
+
+    def __iter__(self) -> Iterator[ContrastiveBatch]:
+        return (self[b] for b in range(len(self)))
+
+    def mix(self) -> Counter[str]:
+        """Batch-type counts: ``mono/<lang>`` per language, and ``cross``."""
+        mix: Counter[str] = Counter()
+        if len(self):
+            langs, n = np.unique(self.qlang[self.mono, 0], return_counts=True)
+            mix.update({f"mono/{self.languages[int(l)]}": int(c) for l, c in zip(langs, n)})
+            if (~self.mono).any():
+                mix["cross"] = int((~self.mono).sum())
+        return mix
 
 
 def language_weights(counts: np.ndarray, policy: str, temperature: float) -> np.ndarray:
@@ -119,12 +320,116 @@ def language_weights(counts: np.ndarray, policy: str, temperature: float) -> np.
     return np.where(counts > 0, counts**exponent, 0.0)
 
 
-def _weighted_order(rng: np.random.Generator, options: list[int], weights: np.ndarray) -> list[int]:
-    """``options`` in a random order where heavier ones tend to come first
-    (Efraimidis-Spirakis): the first element is a draw with these weights."""
-    w = weights[options]
-    keys = rng.random(len(options)) ** (1.0 / w)
-    return [options[i] for i in np.argsort(-keys, kind="stable")]
+def mono_count(alpha: float, n: int) -> int:
+    """Monolingual batches in an exact-mix epoch of ``n`` batches (half-up rounding)."""
+    return math.floor(alpha * n + 0.5)
+
+
+def longest_exact_epoch(alpha: float, mono: int, cross: int) -> int:
+    """The most batches ``n`` with ``mono_count(alpha, n) <= mono`` and
+    ``n - mono_count(alpha, n) <= cross`` (both counts grow with ``n``, by 0 or 1)."""
+    n = mono + cross
+    while n > 0 and (mono_count(alpha, n) > mono or n - mono_count(alpha, n) > cross):
+        n -= 1
+    return n
+
+
+class _Queue:
+    """The items one kind of batch can use (one language's, or the multilingual ones), in
+    the epoch's item order. :meth:`take` returns the first ``size`` unused items of
+    distinct answer groups, exactly as a scan from the start would, but looks at each
+    entry O(1) times: used entries are passed once, and an entry skipped because its
+    group is already in the batch waits in a per-group backlog (``heads``: the earliest
+    waiting item of each such group, in item order; all of them precede ``cursor``)."""
+
+    def __init__(self, items: np.ndarray, size: int):
+        self.items = items
+        self.cursor = 0
+        self.heads = np.empty(0, dtype=np.int64)
+        self.backlog: dict[int, deque[int]] = {}
+        self.window = 2 * size
+        self.dead = False
+
+    def _next_of(self, group: int, used: np.ndarray) -> int | None:
+        waiting = self.backlog.get(group)
+        while waiting:
+            item = waiting.popleft()
+            if not used[item]:
+                if not waiting:
+                    del self.backlog[group]
+                return item
+        self.backlog.pop(group, None)
+        return None
+
+    def _set_heads(self, heads: list[int] | np.ndarray, pos: np.ndarray) -> None:
+        heads = np.asarray(heads, dtype=np.int64)
+        self.heads = heads[np.argsort(pos[heads], kind="stable")] if len(heads) > 1 else heads
+
+    def take(self, size: int, used: np.ndarray, group: np.ndarray, pos: np.ndarray, mark: np.ndarray, seen: np.ndarray,
+             stamp: int) -> np.ndarray | None:
+        """``size`` items or None when fewer than ``size`` groups have an unused item here
+        (then none ever will again this epoch). Leaves ``used`` to the caller. ``mark`` and
+        ``seen`` are scratch arrays over groups; ``stamp`` is new on every call."""
+        heads = self.heads
+        if len(heads):
+            gone = used[heads]
+            if gone.any():  # used by another queue: the group's next waiting item steps up
+                keep = heads[~gone].tolist()
+                for item in heads[gone].tolist():
+                    nxt = self._next_of(int(group[item]), used)
+                    if nxt is not None:
+                        keep.append(nxt)
+                self._set_heads(keep, pos)
+                heads = self.heads
+        if len(heads) >= size:
+            taken = heads[:size]
+            rest = heads[size:].tolist()
+            for item in taken.tolist():
+                nxt = self._next_of(int(group[item]), used)
+                if nxt is not None:
+                    rest.append(nxt)
+            self._set_heads(rest, pos)
+            return taken
+        need = size - len(heads)
+        if len(heads):
+            seen[group[heads]] = stamp
+        items, start = self.items, self.cursor
+        while True:
+            window = items[start:start + self.window]
+            alive = np.flatnonzero(~used[window])
+            cand = window[alive]
+            g = group[cand]
+            at = np.arange(len(cand))
+            mark[g] = at  # where no group repeats, every entry reads back its own place
+            if (mark[g] == at).all():
+                first = np.ones(len(cand), dtype=bool)
+            else:
+                first = np.zeros(len(cand), dtype=bool)
+                first[np.unique(g, return_index=True)[1]] = True
+            if len(heads):
+                first &= seen[g] != stamp
+            pick = np.flatnonzero(first)
+            if len(pick) >= need:
+                break
+            if start + len(window) >= len(items):
+                return None
+            self.window *= 2
+        last = pick[need - 1]
+        taken_main = cand[pick[:need]]
+        self.cursor = start + int(alive[last]) + 1
+        self.window = max(2 * size, int(1.25 * (alive[last] + 1)))
+        skipped = cand[:last + 1][~first[:last + 1]]  # their group is in this batch: they wait
+        for item in skipped.tolist():
+            self.backlog.setdefault(int(group[item]), deque()).append(item)
+        taken = np.concatenate([heads, taken_main]) if len(heads) else taken_main
+        new_heads = []
+        if self.backlog:
+            for item in taken.tolist():
+                nxt = self._next_of(int(group[item]), used)
+                if nxt is not None:
+                    new_heads.append(nxt)
+        self._set_heads(new_heads, pos)
+        return taken
 
 
 class _Planner:
@@ -135,80 +440,163 @@ class _Planner:
         self.cfg = cfg
         self.weights = language_weights(index.counts, cfg.language_policy, cfg.language_temperature)
 
-    def plan(self, epoch: int, carried: list[int]) -> _EpochPlan:
+    def _order(self, epoch: int, carried: np.ndarray) -> np.ndarray:
+        """The epoch's item order: carried items first, then a shuffle in which the items of
+        one answer group are spread evenly (systematic sampling: the j-th of a group's g
+        items, in random order, sits at (j + u) / g of the epoch for one uniform u per
+        group). Every item's place is still uniform, but group mates rarely meet near the
+        end of an epoch, where they would leave batches unfillable."""
+        n, group = self.index.n_items, self.index.group
         rng = np.random.default_rng([self.cfg.seed, epoch, 0])
-        carried_set = set(carried)
-        rest = [int(i) for i in rng.permutation(len(self.index.item_langs)) if int(i) not in carried_set]
-        order = carried + rest
-        # Try the longest epoch first; an attempt fails only when the last batches cannot
-        # be filled (a language or the multilingual items ran out), so few attempts run.
-        for n in range(len(order) // self.cfg.batch_size, 0, -1):
-            batches = self._attempt(epoch, order, n)
-            if batches is not None:
-                used = {key[0] for batch in batches for key in batch.pairs}
-                return _EpochPlan(batches, [i for i in order if i not in used])
-        return _EpochPlan([], order)
+        key = rng.random(n)[group]  # u of the item's group (groups are named by an item)
+        size = np.bincount(group, minlength=n)[group]
+        shared = np.flatnonzero(size > 1)
+        if len(shared):
+            by = shared[np.lexsort((rng.random(len(shared)), group[shared]))]  # a random order within each group
+            g = group[by]
+            start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+            rank = np.arange(len(by)) - np.repeat(start, np.diff(np.r_[start, len(by)]))
+            key[by] = (rank + key[by]) / size[by]
+        perm = np.argsort(key, kind="stable")
+        if not len(carried):
+            return perm
+        fresh = np.ones(self.index.n_items, dtype=bool)
+        fresh[carried] = False
+        return np.concatenate([carried, perm[fresh[perm]]])
 
-    def _kinds(self, rng: np.random.Generator, n: int) -> list[str]:
+    def _kinds(self, epoch: int, n: int) -> np.ndarray:
+        """True for monolingual: a shuffled exact mix, or a Bernoulli draw per batch."""
+        rng = np.random.default_rng([self.cfg.seed, epoch, 1])
         if self.cfg.mix == "bernoulli":
-            return ["mono" if u < self.cfg.alpha else "cross" for u in rng.random(n)]
-        n_mono = math.floor(self.cfg.alpha * n + 0.5)
-        return [["cross", "mono"][int(m)] for m in rng.permutation(np.arange(n) < n_mono)]
+            return rng.random(n) < self.cfg.alpha
+        return rng.permutation(np.arange(n) < mono_count(self.cfg.alpha, n))
 
-    def _attempt(self, epoch: int, order: list[int], n: int) -> list[ContrastiveBatch] | None:
-        rng = np.random.default_rng([self.cfg.seed, epoch, n])
-        used = np.zeros(len(self.index.item_langs), dtype=bool)
-        remaining = self.index.counts.copy()  # unused items per language
-        batches = []
-        for kind in self._kinds(rng, n):
-            if kind == "mono":
-                feasible = [lang for lang in range(len(remaining)) if remaining[lang] >= self.cfg.batch_size and self.weights[lang] > 0]
-                if not feasible:
-                    return None
-                lang = _weighted_order(rng, feasible, self.weights)[0]
-                pairs = self._fill(order, used, lambda item, texts: self._mono_pair(item, lang, texts))
-            else:
-                pairs = self._fill(order, used, lambda item, texts: self._cross_pair(rng, item, texts))
-            if pairs is None:
-                return None
-            for item, _, _ in pairs:
-                used[item] = True
-                remaining[list(self.index.item_langs[item])] -= 1
-            names = self.index.languages
-            batches.append(ContrastiveBatch(kind, tuple((i, names[q], names[p]) for i, q, p in pairs)))
-        return batches
+    def _cross_languages(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per item, the query language (a draw with the policy's weights among its
+        languages) and the passage language (a draw among the others): the first two of an
+        exponential race (Efraimidis-Spirakis), for all items at once."""
+        idx = self.index
+        race = np.random.default_rng([self.cfg.seed, epoch, 3]).standard_exponential(len(idx.langs))
+        with np.errstate(divide="ignore"):
+            race /= self.weights[idx.langs]
+        query = _segment_argmin(race, idx.offsets, idx.n_langs)
+        race[query[idx.n_langs >= 1]] = np.inf
+        passage = _segment_argmin(race, idx.offsets, idx.n_langs)
+        return idx.langs[query], idx.langs[passage]
 
-    def _fill(self, order, used, pick) -> list[tuple[int, int, int]] | None:
-        """The first ``batch_size`` unused items in pool order that ``pick`` can place
-        (``pick`` returns (query lang, passage lang) or None) with distinct passage texts."""
-        texts: set[int] = set()
-        pairs = []
-        for item in order:
-            if used[item]:
-                continue
-            langs = pick(item, texts)
-            if langs is None:
-                continue
-            texts.add(self.index.passage_ids[item][langs[1]])
-            pairs.append((item, *langs))
-            if len(pairs) == self.cfg.batch_size:
-                return pairs
-        return None
+    def _queues(self, order: np.ndarray) -> tuple[list[_Queue], _Queue]:
+        idx, size = self.index, self.cfg.batch_size
+        at = _csr_take(idx.offsets, order)
+        langs = idx.langs[at]
+        items = np.repeat(order, idx.n_langs[order])
+        del at
+        by_lang = np.argsort(langs, kind="stable")  # a radix sort: small integer codes
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(langs, minlength=len(idx.languages)))])
+        items = items[by_lang]
+        del by_lang, langs
+        mono = [_Queue(items[bounds[x]:bounds[x + 1]], size) for x in range(len(idx.languages))]
+        return mono, _Queue(order[idx.n_langs[order] >= 2], size)
 
-    def _mono_pair(self, item: int, lang: int, texts: set[int]) -> tuple[int, int] | None:
-        passage = self.index.passage_ids[item].get(lang)
-        return None if passage is None or passage in texts else (lang, lang)
+    def plan(self, epoch: int, carried: np.ndarray) -> EpochPlan:
+        cfg, idx, size = self.cfg, self.index, self.cfg.batch_size
+        order = self._order(epoch, np.asarray(carried, dtype=np.int64))
+        n_max = len(order) // size
+        kinds = self._kinds(epoch, n_max)
+        n_lang = len(idx.languages)
+        items = np.zeros((n_max, size), dtype=np.int64)
+        qlang = np.zeros((n_max, size), dtype=idx.langs.dtype)
+        plang = np.zeros((n_max, size), dtype=idx.langs.dtype)
+        mono = np.zeros(n_max, dtype=bool)
+        rows = 0
+        if n_max:
+            pos = np.empty(idx.n_items, dtype=np.int64)
+            pos[order] = np.arange(len(order))
+            mono_queues, multi = self._queues(order)
+            cross_q, cross_p = self._cross_languages(epoch) if (~kinds).any() else (None, None)
+            used = np.zeros(idx.n_items, dtype=bool)
+            mark = np.zeros(idx.n_items, dtype=np.int64)
+            seen = np.full(idx.n_items, -1, dtype=np.int64)
+            remaining = idx.counts.copy()  # unused items per language
+            remaining_multi = int((idx.n_langs >= 2).sum())
+            lang_rng = np.random.default_rng([cfg.seed, epoch, 2])
+            calls = 0  # a fresh stamp per take() (for ``seen``)
+            dead = {True: cfg.alpha == 0, False: cfg.alpha == 1}
+            made = {True: 0, False: 0}
+            target: int | None = None  # exact mix: batches of the live kind still worth making
+            for b in range(n_max):
+                kind = bool(kinds[b])
+                if dead[kind]:
+                    if cfg.mix == "bernoulli":
+                        break
+                    continue
+                taken = None
+                if kind:
+                    while taken is None:
+                        feasible = (remaining >= size) & (self.weights > 0) & ~np.array([q.dead for q in mono_queues])
+                        w = np.where(feasible, self.weights, 0.0)
+                        if not w.sum() > 0:
+                            break
+                        lang = min(int(np.searchsorted(np.cumsum(w), lang_rng.random() * w.sum(), side="right")), n_lang - 1)
+                        calls += 1
+                        taken = mono_queues[lang].take(size, used, idx.group, pos, mark, seen, calls)
+                        if taken is None:
+                            mono_queues[lang].dead = True
+                    if taken is not None:
+                        qlang[rows] = plang[rows] = lang
+                elif remaining_multi >= size:
+                    calls += 1
+                    taken = multi.take(size, used, idx.group, pos, mark, seen, calls)
+                    if taken is not None:
+                        qlang[rows], plang[rows] = cross_q[taken], cross_p[taken]
+                if taken is None:
+                    if cfg.mix == "bernoulli":
+                        break
+                    dead[kind] = True
+                    if dead[not kind]:
+                        break
+                    # the longest exact epoch now has at most this many of the other kind
+                    n_best = longest_exact_epoch(cfg.alpha, *((made[True], n_max) if kind else (n_max, made[False])))
+                    target = n_best - mono_count(cfg.alpha, n_best) if kind else mono_count(cfg.alpha, n_best)
+                    if made[not kind] >= target:
+                        break
+                    continue
+                used[taken] = True
+                remaining -= np.bincount(idx.langs[_csr_take(idx.offsets, taken)], minlength=n_lang)
+                remaining_multi -= int((idx.n_langs[taken] >= 2).sum())
+                items[rows], mono[rows] = taken, kind
+                rows += 1
+                made[kind] += 1
+                if target is not None and made[kind] >= target:
+                    break
+        keep = np.ones(rows, dtype=bool)
+        if cfg.mix == "exact" and rows:
+            n = longest_exact_epoch(cfg.alpha, int(mono[:rows].sum()), int((~mono[:rows]).sum()))
+            for kind, surplus in ((True, int(mono[:rows].sum()) - mono_count(cfg.alpha, n)),
+                                  (False, int((~mono[:rows]).sum()) - (n - mono_count(cfg.alpha, n)))):
+                if surplus > 0:  # drop the last batches of the kind in surplus
+                    keep[np.flatnonzero(mono[:rows] == kind)[-surplus:]] = False
+        kept = np.flatnonzero(keep)
+        in_plan = np.zeros(idx.n_items, dtype=bool)
+        in_plan[items[kept].ravel()] = True
+        return EpochPlan(idx.languages, mono[kept], items[kept], qlang[kept], plang[kept], order[~in_plan[order]])
 
-    def _cross_pair(self, rng: np.random.Generator, item: int, texts: set[int]) -> tuple[int, int] | None:
-        langs = list(self.index.item_langs[item])
-        if len(langs) < 2:
-            return None
-        query = _weighted_order(rng, langs, self.weights)[0]
-        others = [lang for lang in langs if lang != query]
-        for passage in _weighted_order(rng, others, self.weights):
-            if self.index.passage_ids[item][passage] not in texts:
-                return query, passage
-        return None
+
+def _segment_argmin(values: np.ndarray, offsets: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Per CSR row, the position of its smallest value (the first on ties); rows without
+    a finite value get their first position (or 0 when empty); callers mask those rows."""
+    out = np.zeros(len(lens), dtype=np.int64)
+    rows = np.flatnonzero(lens > 0)
+    if not len(rows):
+        return out
+    starts = offsets[rows]
+    mins = np.minimum.reduceat(values, starts)
+    hit = np.flatnonzero(values == np.repeat(mins, lens[rows]))
+    row_of_hit = np.repeat(np.arange(len(lens), dtype=np.int64), lens)[hit]
+    first = np.ones(len(hit), dtype=bool)
+    first[1:] = row_of_hit[1:] != row_of_hit[:-1]
+    out[rows] = starts
+    out[row_of_hit[first]] = hit[first]
+    return out
 
 
 class HybridBatchSampler:
@@ -228,36 +616,35 @@ class HybridBatchSampler:
         self.world_size, self.rank = world_size, rank
         self.per_rank = cfg.batch_size // world_size
         self._planner = _Planner(index, cfg)
-        self._plans: dict[int, _EpochPlan] = {}
+        self._plans: dict[int, EpochPlan] = {}
         self.epoch = 0
         self.cursor = 0
-        if not self.plan():
+        if not len(self.plan()):
             raise InputError("train.batch_size", f"no contrastive batch of {cfg.batch_size} can be formed from this data")
 
     @staticmethod
     def _check_pools(index: LanguageIndex, cfg: SamplerConfig) -> None:
         if cfg.alpha > 0:
             for lang, name in enumerate(index.languages):
-                pool = index.distinct_passages(lang)
+                pool = index.distinct_groups(lang)
                 if pool < cfg.batch_size:
-                    raise InputError("train.batch_size", f"contrastive batch {cfg.batch_size} is larger than language '{name}''s pool of {pool} distinct passages")
+                    raise InputError("train.batch_size", f"contrastive batch {cfg.batch_size} is larger than language '{name}''s pool of {pool} items with distinct passages (items that share a passage text in any language count once)")
         if cfg.alpha < 1:
-            multilingual = sum(len(langs) >= 2 for langs in index.item_langs)
+            multilingual = index.multilingual_groups()
             if multilingual < cfg.batch_size:
-                raise InputError("train.batch_size", f"contrastive batch {cfg.batch_size} is larger than the {multilingual} items that exist in two or more languages (cross-lingual batches need them; train.alpha=1 trains monolingual only)")
+                raise InputError("train.batch_size", f"contrastive batch {cfg.batch_size} is larger than the {multilingual} items that exist in two or more languages, counting items that share a passage text once (cross-lingual batches need them; train.alpha=1 trains monolingual only)")
 
-    def plan(self, epoch: int | None = None) -> list[ContrastiveBatch]:
+    def plan(self, epoch: int | None = None) -> EpochPlan:
         """The global contrastive batches of ``epoch`` (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
         if epoch not in self._plans:
-            carried = self._plan_record(epoch - 1).leftover if self.cfg.remainder == "carry" and epoch > 0 else []
+            carried = self._plans_of(epoch - 1).leftover if self.cfg.remainder == "carry" and epoch > 0 else np.empty(0, np.int64)
             self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}  # keep memory flat
             self._plans[epoch] = self._planner.plan(epoch, carried)
-        return self._plans[epoch].batches
-
-    def _plan_record(self, epoch: int) -> _EpochPlan:
-        self.plan(epoch)
         return self._plans[epoch]
+
+    def _plans_of(self, epoch: int) -> EpochPlan:
+        return self.plan(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.cursor = epoch, 0
@@ -267,15 +654,15 @@ class HybridBatchSampler:
 
     def __iter__(self) -> Iterator[list[PairKey]]:
         lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
-        batches = self.plan()
-        while self.cursor < len(batches):
-            batch = batches[self.cursor]
+        plan = self.plan()
+        while self.cursor < len(plan):
+            b = self.cursor
             self.cursor += 1
-            yield list(batch.pairs[lo:hi])
+            yield plan.pairs(b, lo, hi)
 
     def mix(self, epoch: int | None = None) -> Counter[str]:
         """Batch-type counts of an epoch: ``mono/<lang>`` per language, and ``cross``."""
-        return Counter(b.label for b in self.plan(epoch))
+        return self.plan(epoch).mix()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor, **asdict(self.cfg)}
