@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=None, help="experiment YAML (default: built-in tiny defaults)")
     train.add_argument("--resume", default="auto", help="auto (latest checkpoint if any), never, or a checkpoint tag")
     train.add_argument("--accept-changes", action="store_true",
-                       help="resume even though the data, tokenizer, model, training config or world size differ from the checkpoint's")
+                       help="resume even though the data, tokenizer, model, DeepSpeed JSON or training config differ from the checkpoint's")
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     train.set_defaults(run=_train)
 

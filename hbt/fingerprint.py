@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
-# Config keys a resumed run may change: they do not alter the trained weights.
-OPERATIONAL = ("run.dir", "run.dist_timeout_min", "data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints")
+# Config keys a resumed run may change: they do not alter the trained weights, or (the
+# paths of the data, the model and the DeepSpeed JSON) their content is fingerprinted instead.
+OPERATIONAL = ("run.dir", "run.dist_timeout_min", "data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints",
+               "data.train", "model.name", "train.deepspeed")
 OPERATIONAL_SECTIONS = ("eval.",)
 FILE = "fingerprint.json"
 
@@ -52,15 +54,19 @@ def shaping_config(config: dict) -> dict[str, object]:
             if k not in OPERATIONAL and not k.startswith(OPERATIONAL_SECTIONS)}
 
 
+def file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def fingerprint(config: dict, data: str, tokenizer: str, model: str, world_size: int) -> dict:
-    return {"data": data, "tokenizer": tokenizer, "model": model, "world_size": world_size,
-            "config": shaping_config(config)}
+    return {"data": data, "tokenizer": tokenizer, "model": model, "deepspeed": file_digest(config["train"]["deepspeed"]),
+            "world_size": world_size, "config": shaping_config(config)}
 
 
 def differences(saved: dict, current: dict) -> list[str]:
     """What changed, one short phrase each (empty when nothing did)."""
-    out = [f"{name} ({saved.get(name)} -> {current[name]})" for name in ("world_size",) if saved.get(name) != current[name]]
-    out += [name for name in ("data", "tokenizer", "model") if saved.get(name) != current[name]]
+    out = [name if name != "deepspeed" else "deepspeed (the train.deepspeed JSON's content)"
+            for name in ("data", "tokenizer", "model", "deepspeed") if saved.get(name) != current[name]]
     old, new = saved.get("config", {}), current["config"]
     out += [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return out

@@ -23,10 +23,18 @@ def rewind(run_dir: Path, step: int, evaluated: int) -> None:
         if not path.exists():
             continue
         kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if line.strip() and json.loads(line)["step"] <= last]
+                if _step(line) is not None and _step(line) <= last]
         tmp = path.with_name(name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _step(line: str) -> int | None:
+    """The step of a JSONL line; None for a line a kill cut short (or a blank one)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class Monitor:

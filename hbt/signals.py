@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import signal
 
-from hbt.dist import all_max
-
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; slurm/train.sh requeues on it
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _received: list[int] = []
@@ -37,6 +35,8 @@ def received() -> bool:
 
 def stop_requested() -> bool:
     """Whether any rank got a stop signal; a collective, so every rank calls it at the same point."""
+    from hbt.dist import all_max  # imports torch: not at module level, so install() comes first
+
     return bool(all_max([float(received())])[0])
 
 

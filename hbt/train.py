@@ -80,6 +80,10 @@ def check_fingerprint(checkpoint: Path, current: dict, accept_changes: bool) -> 
     if saved is None:
         print(f"hbt: warning: {checkpoint} has no fingerprint (written by an older hbt); resuming unchecked", file=sys.stderr)
         return
+    if saved.get("world_size", current["world_size"]) != current["world_size"]:
+        raise InputError("--resume", f"{checkpoint} was written by {saved['world_size']} rank(s), this run has "
+                                     f"{current['world_size']}: resuming at another world size is not supported "
+                                     "(ZeRO partitions and per-rank RNG streams belong to it); start a new run.dir")
     changed = run_fingerprint.differences(saved, current)
     if changed and not accept_changes:
         raise InputError("--resume", f"{checkpoint} was written with other inputs; changed: {'; '.join(changed)} "

@@ -97,7 +97,23 @@ def test_resume_refuses_changed_model_weights_tokenizer_and_world_size(finished)
         assert "changed: tokenizer" in refused(run_hbt("train", *args))
     finally:
         tokenizer.write_text(original, encoding="utf-8")
-    assert "changed: world_size (1 -> 2)" in refused(torchrun(2, "train", *args), launcher_exit=1)
+    line = refused(torchrun(2, "train", *args, "--accept-changes"), launcher_exit=1)  # refused even then
+    assert "written by 1 rank(s), this run has 2" in line
+
+
+def test_resume_refuses_another_deepspeed_json(finished, tmp_path: Path) -> None:
+    _, args = finished
+    ds = tmp_path / "zero0-offload.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 0}, "wall_clock_breakdown": True}))
+    assert "changed: deepspeed (the train.deepspeed JSON's content)" in refused(run_hbt("train", *args, f"train.deepspeed={ds}"))
+
+
+def test_stop_signals_are_caught_before_torch_is_imported() -> None:
+    """``hbt train`` installs its handlers first; importing what it needs for that must not
+    pull in torch (seconds of start-up in which a signal would still kill the job)."""
+    code = "import sys, hbt.cli, hbt.signals; print(sorted(m for m in ('torch', 'deepspeed', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_accept_changes_resumes_anyway_and_operational_keys_need_nothing(finished) -> None:
