@@ -48,20 +48,21 @@ def hbt_overrides(p: dict, tmp: str, steps: int) -> list[str]:
 
 def text_batches(p: dict, steps: int) -> list[tuple[list[str], list[str]]]:
     """The (queries, passages) of hbt's first ``steps`` contrastive batches, prefixes applied."""
+    from hbt.batches import RankBatches
     from hbt.config import load_config
-    from hbt.sampler import HybridBatchSampler, LanguageIndex
-    from hbt.train import split_data
+    from hbt.data.tokenize import PairTokenizer, TextSpec
+    from hbt.train import sampler_for, training_data
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config("configs/tiny.yaml", hbt_overrides(p, tmp, steps))
-    corpus, _ = split_data(cfg)
-    sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg.train.sampler(cfg.run.seed))
+        data = training_data(cfg)
+    sampler = sampler_for(cfg, data)
     out = []
     for epoch in range(10**6):
-        for batch in sampler.plan(epoch):
-            items = corpus.items
-            out.append(([p["prefixes"][0] + items[i].pairs[q].query for i, q, _ in batch.pairs],
-                        [p["prefixes"][1] + items[i].pairs[y].passage for i, _, y in batch.pairs]))
+        batches = RankBatches(sampler.plan(epoch), 0, cfg.train.batch_size, data, PairTokenizer(None, TextSpec()))
+        for b in range(len(batches)):
+            queries, passages, _ = batches.texts(b)
+            out.append(([p["prefixes"][0] + q for q in queries], [p["prefixes"][1] + x for x in passages]))
             if len(out) == steps:
                 return out
     return out

@@ -27,16 +27,18 @@ def _data_stats(args: argparse.Namespace) -> int:
 
 
 def _data_sampler(args: argparse.Namespace):
-    """The corpus and the sampler that ``hbt data sample`` and ``hbt data plan`` share."""
-    from hbt.data import load_corpus
+    """The training data and the sampler that ``hbt data sample`` and ``hbt data plan`` share."""
+    from hbt.data.sources import Source
+    from hbt.data.training import load_training_data
     from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig
 
-    corpus = load_corpus(args.path)
+    data = load_training_data([Source(path=args.path)], args.cache_dir)
     cfg = SamplerConfig(
         batch_size=args.batch_size, alpha=args.alpha, mix=args.mix, language_policy=args.language_policy,
         language_temperature=args.language_temperature, remainder=args.remainder, seed=args.seed,
     )
-    return corpus, HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg)
+    index = LanguageIndex.from_arrays(data.languages, data.offsets, data.langs, data.passages)
+    return data, HybridBatchSampler(index, cfg)
 
 
 def _data_sample(args: argparse.Namespace) -> int:
@@ -62,8 +64,7 @@ def _data_plan(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise InputError("--epochs", f"must be at least 1, got {args.epochs}")
-    corpus, sampler = _data_sampler(args)
-    ids = [item.id for item in corpus.items]
+    data, sampler = _data_sampler(args)
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
     total = 0
@@ -71,8 +72,10 @@ def _data_plan(args: argparse.Namespace) -> int:
         with tmp.open("w", encoding="utf-8") as f:
             for epoch in range(args.epochs):
                 plan = sampler.plan(epoch)
+                ids = data.item_ids(plan.items.ravel())  # one Arrow lookup per epoch
+                size = sampler.cfg.batch_size
                 for b in range(len(plan)):
-                    pairs = [[ids[i], q, p] for i, q, p in plan.pairs(b)]
+                    pairs = [[ids[b * size + n], q, p] for n, (_, q, p) in enumerate(plan.pairs(b))]
                     kind = "mono" if plan.mono[b] else "cross"
                     f.write(json.dumps({"epoch": epoch, "index": b, "kind": kind, "pairs": pairs}, ensure_ascii=False) + "\n")
                 total += len(plan)
@@ -202,7 +205,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _sampler_options(parser: argparse.ArgumentParser) -> None:
     """The sampler settings of ``hbt data sample`` and ``hbt data plan`` (train.* in a config)."""
-    parser.add_argument("path", help="as for 'hbt data stats'")
+    parser.add_argument("path", help="training data: Parquet/JSONL shards (a directory or a glob), a save_to_disk "
+                                     "directory, hf:NAME, a LAReQA directory, a .jsonl file, or synthetic[:...]")
+    parser.add_argument("--cache-dir", default=".cache/hbt", help="where shards are converted and the index is kept (data.cache_dir)")
     parser.add_argument("--batch-size", type=int, default=32, help="contrastive batch size (all ranks together)")
     parser.add_argument("--alpha", type=float, default=0.5, help="share of monolingual batches")
     parser.add_argument("--mix", choices=["exact", "bernoulli"], default="exact")

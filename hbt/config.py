@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
+from hbt.data.sources import Source
 from hbt.errors import InputError
 from hbt.sampler import SamplerConfig
 
@@ -31,10 +32,23 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "synthetic"  # LAReQA dir/file, .jsonl, or synthetic[:options]
-    holdout_titles: str | float | None = None  # fraction, "Title1,Title2", or @file
+    train: str | None = "synthetic"  # one source: shards (dir/glob), save_to_disk dir, hf:NAME, LAReQA, .jsonl, synthetic[:...]
+    sources: list[Source] | None = None  # a mixture instead of train (docs/data.md)
+    holdout_titles: str | float | None = None  # fraction, "Title1,Title2", or @file (one source only)
     holdout_seed: int = 0  # picks a fractional hold-out; apart from run.seed, so seeds share one test set
-    cache_dir: str = ".cache/hbt"  # Arrow tokenisation cache
+    cache_dir: str = ".cache/hbt"  # datasets' Arrow files of shards, and the sampler's index arrays
+    num_workers: int = 1  # DataLoader processes reading and tokenising batches ahead of the step (0: in the step)
+    prefetch: int = 4  # batches each worker prepares ahead
+
+    def source_list(self) -> list[Source]:
+        """``sources``, or the one source ``train`` names."""
+        if self.sources is not None and self.train is not None:
+            raise InputError("data.sources", "set data.train or data.sources, not both (data.train=null with a mixture)")
+        if self.sources is None:
+            if self.train is None:
+                raise InputError("data.train", "no training data: set data.train or data.sources")
+            return [Source(path=self.train)]
+        return self.sources
 
 
 @dataclass
@@ -68,6 +82,7 @@ class TrainConfig:
     language_policy: Literal["proportional", "uniform", "temperature"] = "proportional"
     language_temperature: float = 1.0
     remainder: Literal["drop", "carry"] = "drop"
+    same_source: bool = False  # every contrastive batch from one source (FlagEmbedding's same_dataset_within_batch)
     epochs: int = 1
     max_steps: int | None = None  # stop early (still evaluates and exports); 0: evaluate the untrained model
     lr: float = 1e-4
@@ -88,6 +103,7 @@ class TrainConfig:
         return SamplerConfig(
             batch_size=self.batch_size, alpha=self.alpha, mix=self.mix, language_policy=self.language_policy,
             language_temperature=self.language_temperature, remainder=self.remainder, seed=seed,
+            same_source=self.same_source,
         )
 
 
@@ -142,6 +158,9 @@ class Config:
         self.eval.setting_list()
         if self.eval.k < 1 or self.eval.batch_size < 1:
             raise InputError("eval", "k and batch_size must be >= 1")
+        if self.data.num_workers < 0 or self.data.prefetch < 1:
+            raise InputError("data", "num_workers must be >= 0 and prefetch >= 1")
+        self.data.source_list()
         holdout = self.data.holdout_titles
         if isinstance(holdout, float) and not 0 < holdout < 1:
             raise InputError("data.holdout_titles", f"a fraction must be in (0, 1), got {holdout}")
@@ -168,6 +187,16 @@ def _check(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise InputError(key, f"should be a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}")
         return _build(hint, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(key, f"should be a list, got {type(value).__name__} {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_check(v, inner, f"{key}[{n}]") for n, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(key, f"should be a mapping, got {type(value).__name__} {value!r}")
+        k_hint, v_hint = typing.get_args(hint)
+        return {_check(k, k_hint, f"{key}.{k}"): _check(v, v_hint, f"{key}.{k}") for k, v in value.items()}
     if origin is Literal:
         if value not in typing.get_args(hint):
             raise InputError(key, f"must be one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")

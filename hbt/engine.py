@@ -21,7 +21,9 @@ from hbt import signals
 from hbt.signals import EXIT_PREEMPTED, Preempted, stop_requested  # noqa: F401  (EXIT_PREEMPTED: the CLI's)
 from hbt.checkpoint import Checkpointer
 from hbt.config import Config, TrainConfig
-from hbt.data.tokenize import PairCollator, TokenizedCorpus
+from hbt.batches import RankBatches, stream
+from hbt.data.tokenize import PairTokenizer
+from hbt.data.training import TrainingData
 from hbt.dist import DistEnv, all_max, all_mean
 from hbt.errors import InputError
 from hbt.loss import ContrastiveLoss, grad_cache_step
@@ -84,11 +86,11 @@ class TrainState:
 
 
 class Engine:
-    def __init__(self, cfg: Config, env: DistEnv, model: BiEncoder, data: TokenizedCorpus,
+    def __init__(self, cfg: Config, env: DistEnv, model: BiEncoder, data: TrainingData, tokenize: PairTokenizer,
                  sampler: HybridBatchSampler, run_dir: Path, fingerprint: dict | None = None):
         import deepspeed
 
-        self.cfg, self.env, self.data, self.sampler, self.run_dir = cfg, env, data, sampler, run_dir
+        self.cfg, self.env, self.data, self.tokenize, self.sampler, self.run_dir = cfg, env, data, tokenize, sampler, run_dir
         t = cfg.train
         self.total_steps = self._count_steps(t)
         self.ds_config = deepspeed_config(t, sampler.per_rank, env.world_size, self.total_steps)
@@ -100,7 +102,6 @@ class Engine:
             # Only without ZeRO: under ZeRO 1-3 the same call is what moves the gradients
             # into the optimizer's partitions, and skipping it breaks the step.
             self.engine.enable_backward_allreduce = False
-        self.collate = PairCollator(pad_id=data.tokenizer.pad_token_id, hard_negatives=t.hard_negatives)
         self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric)
         self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, fingerprint=fingerprint)
         self.state = TrainState()
@@ -188,8 +189,10 @@ class Engine:
                 epoch = self.sampler.epoch
                 tick = time.perf_counter()
                 step_loss = 0.0  # sum of this optimizer step's contrastive-batch losses (this rank)
-                for keys in self.sampler:
-                    batch = self.collate(self.data.rows(keys, negatives=t.hard_negatives > 0))
+                lo, hi = self.sampler.rank_slice()
+                batches = RankBatches(self.sampler.plan(), lo, hi, self.data, self.tokenize)
+                for b, batch in stream(batches, self.sampler.cursor, self.cfg.data.num_workers, self.cfg.data.prefetch):
+                    self.sampler.cursor = b + 1  # what was trained on; the workers may have read further
                     loss = self._micro_step(batch)
                     stop, bad = all_max([float(signals.received()), float(not torch.isfinite(loss).item())])
                     if bad:

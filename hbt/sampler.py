@@ -62,6 +62,7 @@ class SamplerConfig:
     language_temperature: float = 1.0
     remainder: Literal["drop", "carry"] = "drop"
     seed: int = 0
+    same_source: bool = False  # every contrastive batch from one source of a mixture
 
     def validate(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -154,14 +155,31 @@ class LanguageIndex:
         except KeyError as e:
             raise InputError("LanguageIndex", f"an item has no passage id for its language {e.args[0]}") from None
         self._setup(list(languages), offsets, langs, passages)
+        self._set_sources(None, ("data",), None)
 
     @classmethod
-    def from_arrays(cls, languages: Sequence[str], offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray) -> "LanguageIndex":
+    def from_arrays(cls, languages: Sequence[str], offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray,
+                    source: np.ndarray | None = None, sources: Sequence[str] = ("data",),
+                    weights: Sequence[float] | None = None) -> "LanguageIndex":
         """The index of CSR arrays: item ``i`` exists in languages ``langs[offsets[i]:offsets[i+1]]``
-        with passage ids ``passages[...]`` (ids name texts; equal id = equal text)."""
+        with passage ids ``passages[...]`` (ids name texts; equal id = equal text). A mixture
+        adds ``source`` (per item, an index into ``sources``) and per-source ``weights``:
+        the share of a source's items an epoch uses, in (0, 1]."""
         self = cls.__new__(cls)
         self._setup(list(languages), np.asarray(offsets), np.asarray(langs), np.asarray(passages))
+        self._set_sources(source, sources, weights)
         return self
+
+    def _set_sources(self, source: np.ndarray | None, sources: Sequence[str], weights: Sequence[float] | None) -> None:
+        self.sources = list(sources)
+        self.source = np.zeros(self.n_items, dtype=np.int16) if source is None else np.asarray(source)
+        self.weights = np.ones(len(self.sources)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if self.source.shape != (self.n_items,) or len(self.weights) != len(self.sources):
+            raise InputError("LanguageIndex", "source needs one entry per item and weights one per source")
+        if len(self.source) and (self.source.min() < 0 or self.source.max() >= len(self.sources)):
+            raise InputError("LanguageIndex", f"a source code outside 0..{len(self.sources) - 1}")
+        if not ((self.weights > 0) & (self.weights <= 1)).all():
+            raise InputError("data.sources", f"weights must be in (0, 1], got {self.weights.tolist()}")
 
     @classmethod
     def from_corpus(cls, corpus: Corpus) -> "LanguageIndex":
@@ -458,15 +476,31 @@ class _Planner:
             rank = np.arange(len(by)) - np.repeat(start, np.diff(np.r_[start, len(by)]))
             key[by] = (rank + key[by]) / size[by]
         perm = np.argsort(key, kind="stable")
+        perm = self._weighted(perm, epoch)
         if not len(carried):
             return perm
         fresh = np.ones(self.index.n_items, dtype=bool)
         fresh[carried] = False
         return np.concatenate([carried, perm[fresh[perm]]])
 
-    def _kinds(self, epoch: int, n: int) -> np.ndarray:
+    def _weighted(self, perm: np.ndarray, epoch: int) -> np.ndarray:
+        """``perm`` without the items a source of weight w < 1 sits out this epoch: it uses
+        ``round(w * items)`` of them, a fresh seeded choice every epoch."""
+        idx = self.index
+        if (idx.weights >= 1).all():
+            return perm
+        rng = np.random.default_rng([self.cfg.seed, epoch, 4])
+        keep = np.ones(idx.n_items, dtype=bool)
+        for s, w in enumerate(idx.weights):
+            if w < 1:
+                members = np.flatnonzero(idx.source == s)
+                drop = rng.permutation(members)[math.floor(w * len(members) + 0.5):]
+                keep[drop] = False
+        return perm[keep[perm]]
+
+    def _kinds(self, epoch: int, n: int, stream: tuple[int, ...]) -> np.ndarray:
         """True for monolingual: a shuffled exact mix, or a Bernoulli draw per batch."""
-        rng = np.random.default_rng([self.cfg.seed, epoch, 1])
+        rng = np.random.default_rng([self.cfg.seed, epoch, 1, *stream])
         if self.cfg.mix == "bernoulli":
             return rng.random(n) < self.cfg.alpha
         return rng.permutation(np.arange(n) < mono_count(self.cfg.alpha, n))
@@ -485,6 +519,7 @@ class _Planner:
         return idx.langs[query], idx.langs[passage]
 
     def _queues(self, order: np.ndarray) -> tuple[list[_Queue], _Queue]:
+        """One queue per language and one of the multilingual items, in ``order``."""
         idx, size = self.index, self.cfg.batch_size
         at = _csr_take(idx.offsets, order)
         langs = idx.langs[at]
@@ -498,10 +533,29 @@ class _Planner:
         return mono, _Queue(order[idx.n_langs[order] >= 2], size)
 
     def plan(self, epoch: int, carried: np.ndarray) -> EpochPlan:
-        cfg, idx, size = self.cfg, self.index, self.cfg.batch_size
+        """The epoch's batches. With ``same_source`` each source is planned on its own (its
+        own exact mix) and the sources' batches are interleaved in a seeded order."""
+        idx = self.index
         order = self._order(epoch, np.asarray(carried, dtype=np.int64))
+        cross = self._cross_languages(epoch) if self.cfg.alpha < 1 else (None, None)
+        if not self.cfg.same_source or len(idx.sources) == 1:
+            parts = [self._fill(order, epoch, (), cross)]
+        else:
+            parts = [self._fill(order[idx.source[order] == s], epoch, (s,), cross) for s in range(len(idx.sources))]
+        mono, items, qlang, plang = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        if len(parts) > 1:
+            shuffle = np.random.default_rng([self.cfg.seed, epoch, 5]).permutation(len(mono))
+            mono, items, qlang, plang = mono[shuffle], items[shuffle], qlang[shuffle], plang[shuffle]
+        in_plan = np.zeros(idx.n_items, dtype=bool)
+        in_plan[items.ravel()] = True
+        return EpochPlan(idx.languages, mono, items, qlang, plang, order[~in_plan[order]])
+
+    def _fill(self, order: np.ndarray, epoch: int, stream: tuple[int, ...],
+              cross: tuple[np.ndarray | None, np.ndarray | None]) -> tuple[np.ndarray, ...]:
+        """Batches from the items of ``order`` (``mono``, ``items``, ``qlang``, ``plang``)."""
+        cfg, idx, size = self.cfg, self.index, self.cfg.batch_size
         n_max = len(order) // size
-        kinds = self._kinds(epoch, n_max)
+        kinds = self._kinds(epoch, n_max, stream)
         n_lang = len(idx.languages)
         items = np.zeros((n_max, size), dtype=np.int64)
         qlang = np.zeros((n_max, size), dtype=idx.langs.dtype)
@@ -512,13 +566,13 @@ class _Planner:
             pos = np.empty(idx.n_items, dtype=np.int64)
             pos[order] = np.arange(len(order))
             mono_queues, multi = self._queues(order)
-            cross_q, cross_p = self._cross_languages(epoch) if (~kinds).any() else (None, None)
+            cross_q, cross_p = cross
             used = np.zeros(idx.n_items, dtype=bool)
             mark = np.zeros(idx.n_items, dtype=np.int64)
             seen = np.full(idx.n_items, -1, dtype=np.int64)
-            remaining = idx.counts.copy()  # unused items per language
-            remaining_multi = int((idx.n_langs >= 2).sum())
-            lang_rng = np.random.default_rng([cfg.seed, epoch, 2])
+            remaining = np.bincount(idx.langs[_csr_take(idx.offsets, order)], minlength=n_lang)  # unused, per language
+            remaining_multi = int((idx.n_langs[order] >= 2).sum())
+            lang_rng = np.random.default_rng([cfg.seed, epoch, 2, *stream])
             calls = 0  # a fresh stamp per take() (for ``seen``)
             dead = {True: cfg.alpha == 0, False: cfg.alpha == 1}
             made = {True: 0, False: 0}
@@ -576,9 +630,7 @@ class _Planner:
                 if surplus > 0:  # drop the last batches of the kind in surplus
                     keep[np.flatnonzero(mono[:rows] == kind)[-surplus:]] = False
         kept = np.flatnonzero(keep)
-        in_plan = np.zeros(idx.n_items, dtype=bool)
-        in_plan[items[kept].ravel()] = True
-        return EpochPlan(idx.languages, mono[kept], items[kept], qlang[kept], plang[kept], order[~in_plan[order]])
+        return mono[kept], items[kept], qlang[kept], plang[kept]
 
 
 def _segment_argmin(values: np.ndarray, offsets: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -652,8 +704,12 @@ class HybridBatchSampler:
     def __len__(self) -> int:
         return len(self.plan())
 
+    def rank_slice(self) -> tuple[int, int]:
+        """This rank's positions in every contrastive batch."""
+        return self.rank * self.per_rank, (self.rank + 1) * self.per_rank
+
     def __iter__(self) -> Iterator[list[PairKey]]:
-        lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
+        lo, hi = self.rank_slice()
         plan = self.plan()
         while self.cursor < len(plan):
             b = self.cursor

@@ -16,21 +16,30 @@ from hbt import dist as hdist
 from hbt import fingerprint as run_fingerprint
 from hbt import signals
 from hbt.config import Config, save_config
-from hbt.data import Corpus, holdout_titles, load_corpus, split_by_title
-from hbt.data.tokenize import TextSpec, TokenizedCorpus, tokenizer_fingerprint
+from hbt.data import load_corpus
+from hbt.data.tokenize import PairTokenizer, TextSpec, tokenizer_fingerprint
+from hbt.data.training import TrainingData, load_training_data
 from hbt.errors import InputError
 from hbt.model import BiEncoder, build_tiny, export, load_pretrained
 from hbt.monitor import rewind
 from hbt.sampler import HybridBatchSampler, LanguageIndex
 
 
-def split_data(cfg: Config) -> tuple[Corpus, Corpus | None]:
-    """The training corpus and, with ``data.holdout_titles``, its held-out part."""
-    corpus = load_corpus(cfg.data.train)
-    if cfg.data.holdout_titles is None:
-        return corpus, None
-    held = holdout_titles(corpus, cfg.data.holdout_titles, seed=cfg.data.holdout_seed)
-    return split_by_title(corpus, held)
+TOKENIZER_SAMPLE = 200_000  # pairs the tiny preset's tokenizer is trained on, at most
+
+
+def training_data(cfg: Config, env: hdist.DistEnv | None = None) -> TrainingData:
+    """The run's training data (rank 0 builds the caches, the other ranks read them) and,
+    with ``data.holdout_titles``, its held-out part."""
+    d = cfg.data
+    is_main, barrier = (env.is_main, hdist.barrier) if env is not None else (True, lambda: None)
+    return load_training_data(d.source_list(), d.cache_dir, d.holdout_titles, d.holdout_seed, is_main, barrier)
+
+
+def sampler_for(cfg: Config, data: TrainingData, world_size: int = 1, rank: int = 0) -> HybridBatchSampler:
+    index = LanguageIndex.from_arrays(data.languages, data.offsets, data.langs, data.passages, data.source,
+                                      data.source_names, data.weights)
+    return HybridBatchSampler(index, cfg.train.sampler(cfg.run.seed), world_size=world_size, rank=rank)
 
 
 def _set_threads(world_size: int) -> None:
@@ -40,7 +49,7 @@ def _set_threads(world_size: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
-def build_model(cfg: Config, corpus: Corpus, run_dir: Path, env: hdist.DistEnv):
+def build_model(cfg: Config, data: TrainingData, run_dir: Path, env: hdist.DistEnv):
     """The encoder and tokenizer. The tiny preset is built once, by rank 0, and saved
     with the run (``init/``), so every rank and every resume starts from the same one."""
     m = cfg.model
@@ -48,7 +57,7 @@ def build_model(cfg: Config, corpus: Corpus, run_dir: Path, env: hdist.DistEnv):
         return load_pretrained(m.name, m.dropout)
     init = run_dir / "init"
     if env.is_main and not (init / "config.json").exists():
-        texts = (text for item in corpus.items for p in item.pairs.values() for text in (p.query, p.passage))
+        texts = data.texts(data.rows, limit=TOKENIZER_SAMPLE)
         encoder, tokenizer = build_tiny(texts, m.tiny.vocab_size, m.tiny.hidden_size, m.tiny.layers, m.tiny.heads,
                                         m.tiny.intermediate_size, max(m.max_query_length, m.max_passage_length), cfg.run.seed)
         encoder.save_pretrained(init)
@@ -114,29 +123,23 @@ def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Pa
         launch = {"launcher": env.launcher, "world_size": env.world_size, "per_rank_batch": cfg.train.batch_size // env.world_size}
         (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
 
-    train_corpus, held_out = split_data(cfg)
-    eval_set = load_corpus(cfg.eval.data).retrieval if cfg.eval.data else held_out.retrieval if held_out else None
-    encoder, tokenizer = build_model(cfg, train_corpus, run_dir, env)
+    data = training_data(cfg, env)
+    eval_set = load_corpus(cfg.eval.data).retrieval if cfg.eval.data else data.held_out.retrieval if data.held_out else None
+    if cfg.train.hard_negatives and data.missing_negatives():
+        raise InputError("train.hard_negatives", f"{data.missing_negatives():,} training pairs have no hard negatives")
+    _stop_if_signalled()
+    encoder, tokenizer = build_model(cfg, data, run_dir, env)
     m = cfg.model
     spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
-    if cfg.train.hard_negatives and any(not p.negatives for item in train_corpus.items for p in item.pairs.values()):
-        raise InputError("train.hard_negatives", f"{cfg.data.train} has pairs without hard negatives")
-    if env.is_main:  # rank 0 tokenises and fills the cache; the others then read it
-        data = TokenizedCorpus(train_corpus, tokenizer, spec, cfg.data.cache_dir)
-    hdist.barrier()
-    if not env.is_main:
-        data = TokenizedCorpus(train_corpus, tokenizer, spec, cfg.data.cache_dir)
-    _stop_if_signalled()
-
-    fp = run_fingerprint.fingerprint(cfg.to_dict(), train_corpus.fingerprint(), tokenizer_fingerprint(tokenizer),
+    fp = run_fingerprint.fingerprint(cfg.to_dict(), data.fingerprint, tokenizer_fingerprint(tokenizer),
                                      run_fingerprint.model_digest(encoder), env.world_size)
-    sampler = HybridBatchSampler(LanguageIndex.from_corpus(train_corpus), cfg.train.sampler(cfg.run.seed),
-                                 world_size=env.world_size, rank=env.rank)
+    sampler = sampler_for(cfg, data, env.world_size, env.rank)
     from hbt.engine import Engine  # imports deepspeed: after the cheap checks above
 
     torch.manual_seed(cfg.run.seed + env.rank)  # dropout: independent masks per rank, fixed by the seed
 
-    engine = Engine(cfg, env, BiEncoder(encoder, m.pooling), data, sampler, run_dir, fingerprint=fp)
+    engine = Engine(cfg, env, BiEncoder(encoder, m.pooling), data, PairTokenizer(tokenizer, spec, cfg.train.hard_negatives),
+                    sampler, run_dir, fingerprint=fp)
     tag = resume_tag(engine.checkpointer, resume, run_dir)
     if tag:
         check_fingerprint(engine.checkpointer.root / tag, fp, accept_changes)

@@ -28,11 +28,10 @@ def main(spec_path: str, out_path: str) -> None:
 
     from hbt import dist as hdist
     from hbt.config import load_config
-    from hbt.data import load_corpus
-    from hbt.data.tokenize import TextSpec, TokenizedCorpus
+    from hbt.data.tokenize import PairTokenizer, TextSpec
     from hbt.engine import Engine
     from hbt.model import BiEncoder, load_pretrained
-    from hbt.sampler import HybridBatchSampler, LanguageIndex
+    from hbt.train import sampler_for, training_data
 
     class GradientProbe(Engine):
         """The engine, unchanged, plus a record of the first optimizer step's gradients."""
@@ -49,7 +48,6 @@ def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     env = hdist.init()
     torch.set_num_threads(1)
-    corpus = load_corpus(spec["data"])
     results = {}
     for case in spec["cases"]:
         tick = time.perf_counter()
@@ -60,14 +58,10 @@ def main(spec_path: str, out_path: str) -> None:
         m = cfg.model
         encoder, tokenizer = load_pretrained(m.name, m.dropout)
         text_spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
-        if env.is_main:
-            data = TokenizedCorpus(corpus, tokenizer, text_spec, cfg.data.cache_dir)
-        hdist.barrier()
-        if not env.is_main:
-            data = TokenizedCorpus(corpus, tokenizer, text_spec, cfg.data.cache_dir)
-        sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), cfg.train.sampler(cfg.run.seed),
-                                     world_size=env.world_size, rank=env.rank)
-        engine = GradientProbe(cfg, env, BiEncoder(encoder, m.pooling), data, sampler, run_dir)
+        data = training_data(cfg, env)
+        sampler = sampler_for(cfg, data, env.world_size, env.rank)
+        engine = GradientProbe(cfg, env, BiEncoder(encoder, m.pooling), data,
+                               PairTokenizer(tokenizer, text_spec, cfg.train.hard_negatives), sampler, run_dir)
         state = engine.fit(None)
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if env.is_main else []
         results[case["name"]] = {

@@ -111,7 +111,7 @@ def reference(ws: dict, cell: Cell) -> dict[str, torch.Tensor]:
     if key not in ws["references"]:
         from hbt.config import load_config
         from hbt.data import load_corpus
-        from hbt.data.tokenize import PairCollator, TextSpec, TokenizedCorpus
+        from hbt.data.tokenize import PairTokenizer, TextSpec
         from hbt.loss import ContrastiveLoss
         from hbt.model import BiEncoder, load_pretrained
         from hbt.sampler import HybridBatchSampler, LanguageIndex
@@ -121,13 +121,14 @@ def reference(ws: dict, cell: Cell) -> dict[str, torch.Tensor]:
         corpus = load_corpus(cfg.data.train)
         encoder, tokenizer = load_pretrained(m.name, m.dropout)
         model = BiEncoder(encoder, m.pooling)
-        data = TokenizedCorpus(corpus, tokenizer, TextSpec("", "", m.max_query_length, m.max_passage_length), cfg.data.cache_dir)
         batches = HybridBatchSampler(LanguageIndex.from_corpus(corpus), t.sampler(cfg.run.seed)).plan(0)[: t.grad_accum]
-        collate = PairCollator(tokenizer.pad_token_id, t.hard_negatives)
+        tokenize = PairTokenizer(tokenizer, TextSpec("", "", m.max_query_length, m.max_passage_length), t.hard_negatives)
+        items = corpus.items
         loss_fn = ContrastiveLoss(t.temperature, t.symmetric)
         total = 0.0
         for b in batches:
-            parts = collate(data.rows(list(b.pairs), negatives=t.hard_negatives > 0))
+            parts = tokenize([items[i].pairs[q].query for i, q, _ in b.pairs], [items[i].pairs[p].passage for i, _, p in b.pairs],
+                             [list(items[i].pairs[p].negatives) for i, _, p in b.pairs])
             negatives = model(**parts["negatives"]) if "negatives" in parts else None
             total = total + loss_fn(model(**parts["query"]), model(**parts["passage"]), negatives)
         (total / len(batches)).backward()

@@ -1,43 +1,41 @@
-"""Tokenisation goes through a ``datasets`` Arrow cache: a second build reads the file."""
+"""Texts become padded token ids per batch: prefixes, truncation, masks, hard negatives."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
 
-from hbt.data import load_corpus
-from hbt.data.tokenize import PairCollator, TextSpec, TokenizedCorpus
+from hbt.data.tokenize import PairTokenizer, TextSpec
+from hbt.errors import InputError
 from hbt.model import train_tokenizer
 
-
-class Refusing:
-    """The same tokenizer (same fingerprint), except that calling it fails."""
-
-    def __init__(self, inner) -> None:
-        self.backend_tokenizer = inner.backend_tokenizer
-
-    def __call__(self, *args, **kwargs):
-        raise AssertionError("re-tokenised instead of reading the cache")
+TEXTS = ["alpha beta gamma delta", "beta", "gamma delta epsilon zeta eta theta", "iota kappa"]
 
 
-def test_second_build_reads_the_cache(tmp_path: Path) -> None:
-    corpus = load_corpus("synthetic:items=200,languages=3")
-    tokenizer = train_tokenizer((p.query for i in corpus.items for p in i.pairs.values()), 500, 64)
-    spec = TextSpec(query_prefix="query: ", max_query_length=8, max_passage_length=16)
-    first = TokenizedCorpus(corpus, tokenizer, spec, tmp_path)
-    assert first.cache_file.exists()
-    second = TokenizedCorpus(corpus, Refusing(tokenizer), spec, tmp_path)
-    key = (0, "en", "ru")
-    assert first[key] == second[key]
-    assert first[key]["query"] == tokenizer("query: " + corpus.items[0].pairs["en"].query, truncation=True, max_length=8)["input_ids"]
-    assert first[key]["passage"] == tokenizer(corpus.items[0].pairs["ru"].passage, truncation=True, max_length=16)["input_ids"]
-    other = TokenizedCorpus(corpus, tokenizer, TextSpec(max_query_length=9), tmp_path)
-    assert other.cache_file != first.cache_file  # another spec never reuses a cache
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TEXTS * 10, 200, 64)
 
 
-def test_collator_pads_and_masks() -> None:
-    rows = [{"query": [0, 5, 2], "passage": [0, 7, 8, 9, 2], "negatives": [[0, 3, 2]]},
-            {"query": [0, 2], "passage": [0, 2], "negatives": [[0, 4, 4, 2], [0, 6, 2]]}]
-    batch = PairCollator(pad_id=1, hard_negatives=2)(rows)
-    assert batch["query"]["input_ids"].tolist() == [[0, 5, 2], [0, 2, 1]]
-    assert batch["query"]["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["negatives"]["input_ids"].shape == (4, 4)  # pair 0 repeats its only negative
+def test_prefixes_truncation_and_padding(tokenizer) -> None:
+    spec = TextSpec(query_prefix="beta ", passage_prefix="", max_query_length=4, max_passage_length=16)
+    batch = PairTokenizer(tokenizer, spec)(TEXTS[:2], TEXTS[2:])
+    expected = tokenizer(["beta " + t for t in TEXTS[:2]], truncation=True, max_length=4)["input_ids"]
+    q = batch["query"]
+    assert q["input_ids"].shape[1] == max(map(len, expected)) <= 4
+    for row, ids, mask in zip(expected, q["input_ids"].tolist(), q["attention_mask"].tolist()):
+        assert ids[: len(row)] == row and set(ids[len(row):]) <= {tokenizer.pad_token_id}
+        assert mask == [1] * len(row) + [0] * (len(ids) - len(row))
+    assert "negatives" not in batch
+
+
+def test_hard_negatives_cycle_when_a_pair_has_fewer(tokenizer) -> None:
+    batch = PairTokenizer(tokenizer, TextSpec(), hard_negatives=2)(TEXTS[:2], TEXTS[2:], [[TEXTS[0]], [TEXTS[1], TEXTS[2]]])
+    first = tokenizer([TEXTS[0]], truncation=True, max_length=64)["input_ids"][0]
+    ids = batch["negatives"]["input_ids"]
+    assert ids.shape[0] == 4  # pair 0 repeats its only negative
+    assert ids[0, : len(first)].tolist() == first == ids[1, : len(first)].tolist()
+
+
+def test_a_pair_without_negatives_is_an_error_naming_the_option(tokenizer) -> None:
+    with pytest.raises(InputError, match="train.hard_negatives"):
+        PairTokenizer(tokenizer, TextSpec(), hard_negatives=1)(TEXTS[:2], TEXTS[2:], [[TEXTS[0]], []])

@@ -202,12 +202,10 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes(tmp_path: Path) -> No
 
 def steps_per_epoch(args: list[str]) -> int:
     from hbt.config import load_config
-    from hbt.sampler import HybridBatchSampler, LanguageIndex
-    from hbt.train import split_data
+    from hbt.train import sampler_for, training_data
 
     cfg = load_config(args[1], args[2:])
-    train, _ = split_data(cfg)
-    return len(HybridBatchSampler(LanguageIndex.from_corpus(train), cfg.train.sampler(cfg.run.seed)))
+    return len(sampler_for(cfg, training_data(cfg)))
 
 
 def test_diverging_loss_names_a_checkpoint_whose_weights_never_produced_it(tmp_path: Path) -> None:

@@ -16,9 +16,13 @@ from hbt.errors import InputError
 
 
 def holdout_titles(corpus: Corpus, spec: str | float | list[str], seed: int = 0) -> list[str]:
+    """Titles of ``corpus`` to hold out (see :func:`choose_titles`)."""
+    return choose_titles(corpus.titles, spec, seed)
+
+
+def choose_titles(titles: list[str], spec: str | float | list[str], seed: int = 0) -> list[str]:
     """Titles to hold out: a fraction in (0, 1) (a seeded, order-free choice), a
     comma-separated list of titles, a list, or ``@file`` with one title a line."""
-    titles = corpus.titles
     if isinstance(spec, str) and spec.startswith("@"):
         spec = [t.strip() for t in Path(spec[1:]).read_text(encoding="utf-8").splitlines() if t.strip()]
     if isinstance(spec, str):

@@ -1,0 +1,64 @@
+"""This rank's training batches: the plan's slice -> texts -> token ids, ahead of the step.
+
+The sampler plans every global contrastive batch; this module turns batch ``b`` of an
+epoch into what one rank feeds its encoder: the rank's slice of the pairs, their texts
+read from the memory-mapped table (one Arrow ``take`` per column), tokenised and padded.
+A ``torch.utils.data.DataLoader`` does that in ``data.num_workers`` processes, each
+``data.prefetch`` batches ahead, so reading, tokenising and collating are off the step's
+critical path. Batches arrive tagged with their index: the engine's resume cursor
+follows what was trained on, not how far the workers have read ahead.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hbt.data.tokenize import PairTokenizer
+from hbt.data.training import TrainingData
+from hbt.sampler import EpochPlan
+
+
+def pair_rows(data: TrainingData, items: np.ndarray, langs: np.ndarray) -> np.ndarray:
+    """The table rows of (item, language code) pairs: each item's languages are sorted,
+    so the pair sits at ``offsets[item]`` plus the number of its languages below ``lang``."""
+    rows = np.empty(len(items), dtype=np.int64)
+    for n, (item, lang) in enumerate(zip(items.tolist(), langs.tolist())):
+        lo, hi = data.offsets[item], data.offsets[item + 1]
+        rows[n] = data.rows[lo + int(np.searchsorted(data.langs[lo:hi], lang))]
+    return rows
+
+
+class RankBatches(Dataset):
+    """Batch ``b`` of one epoch's plan, as this rank's padded token ids."""
+
+    def __init__(self, plan: EpochPlan, lo: int, hi: int, data: TrainingData, tokenize: PairTokenizer):
+        self.items, self.qlang, self.plang = plan.items[:, lo:hi], plan.qlang[:, lo:hi], plan.plang[:, lo:hi]
+        self.data, self.tokenize = data, tokenize
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def texts(self, b: int) -> tuple[list[str], list[str], list[list[str]] | None]:
+        """Queries, positives and (when the run uses them) hard negatives of batch ``b``."""
+        data, items = self.data, self.items[b]
+        q_rows, p_rows = pair_rows(data, items, self.qlang[b]), pair_rows(data, items, self.plang[b])
+        negatives = data.column("negatives", p_rows) if self.tokenize.hard_negatives else None
+        return data.column("query", q_rows), data.column("positive", p_rows), negatives
+
+    def __getitem__(self, b: int) -> tuple[int, dict[str, dict[str, torch.Tensor]]]:
+        return b, self.tokenize(*self.texts(b))
+
+
+def stream(batches: RankBatches, start: int, workers: int, prefetch: int) -> Iterator[tuple[int, dict]]:
+    """``(b, batch)`` for ``b`` from ``start`` to the end of the epoch, prepared by
+    ``workers`` processes (0: in this one)."""
+    # Its own generator: a DataLoader iterator otherwise draws its workers' base seed from
+    # the global torch RNG, which would shift the dropout masks of a resumed run.
+    loader = DataLoader(batches, sampler=range(start, len(batches)), batch_size=None, num_workers=workers,
+                        prefetch_factor=prefetch if workers else None, persistent_workers=False,
+                        generator=torch.Generator().manual_seed(0))
+    return iter(loader)

@@ -1,0 +1,141 @@
+"""Training pairs as a memory-mapped Arrow table: one row per (item, language).
+
+Large corpora (Parquet or JSONL shards, a ``save_to_disk`` directory, a hub dataset)
+are read through Hugging Face ``datasets``: it converts shards once into Arrow files in
+``data.cache_dir`` and memory-maps them, so a 10^7-pair corpus costs page cache, not
+per-process heap, and every rank on a node shares the same pages. The small built-in
+formats (synthetic, LAReQA JSON, one generic ``.jsonl`` file) are parsed by their own
+loaders (which name the offending line or JSON path) and turned into the same table.
+
+The table's columns are the generic format's (docs/data.md): ``id``, ``lang``,
+``query``, ``positive``, and optionally ``negatives`` (a list of strings) and ``title``.
+A source with other column names maps them (``columns: {id: qid, lang: language}``).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import datasets
+
+from hbt.data.corpus import Corpus
+from hbt.data.load import load_corpus
+from hbt.errors import InputError
+
+REQUIRED = ("id", "lang", "query", "positive")
+OPTIONAL = ("negatives", "title")
+COLUMNS = REQUIRED + OPTIONAL
+_SHARD_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json"}
+
+
+def _format_of(path: str) -> str | None:
+    for suffix, fmt in _SHARD_FORMATS.items():
+        if path.endswith(suffix):
+            return fmt
+    return None
+
+
+def shard_files(source: str) -> tuple[str, list[str]] | None:
+    """``(datasets builder, files)`` when ``source`` is a Parquet/JSONL shard set: a glob,
+    a directory holding such shards, or one ``.parquet`` file. None for anything else."""
+    if glob.has_magic(source):
+        files = sorted(glob.glob(source, recursive=True))
+        if not files:
+            raise InputError(source, "the pattern matches no file")
+    elif Path(source).is_dir():
+        files = sorted(str(p) for p in Path(source).iterdir() if _format_of(p.name))
+        if not files:
+            return None
+    elif source.endswith(".parquet"):
+        files = [source]
+    else:
+        return None
+    formats = {_format_of(f) for f in files}
+    if None in formats or len(formats) > 1:
+        raise InputError(source, "shards must all be .parquet, or all .jsonl / .jsonl.gz")
+    return formats.pop(), files
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A ``Dataset.save_to_disk`` directory."""
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
+def open_dataset(source: str, cache_dir: str, split: str = "train") -> datasets.Dataset:
+    """A memory-mapped ``datasets.Dataset`` of ``source``: shards (see :func:`shard_files`),
+    a ``save_to_disk`` directory, or ``hf:NAME`` (a hub dataset, where the hub is reachable)."""
+    shards = shard_files(source)
+    try:
+        if shards is not None:
+            builder, files = shards
+            return datasets.load_dataset(builder, data_files=files, split=split, cache_dir=cache_dir)
+        if Path(source).is_dir() and is_saved_dataset(Path(source)):
+            saved = datasets.load_from_disk(source)
+            if isinstance(saved, datasets.DatasetDict):
+                if split not in saved:
+                    raise InputError(source, f"no split {split!r} (has {', '.join(saved)})")
+                saved = saved[split]
+            return saved
+        if source.startswith("hf:"):
+            return datasets.load_dataset(source[3:], split=split, cache_dir=cache_dir)
+    except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(source, f"cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    raise InputError(source, "not a shard set, a save_to_disk directory or hf:NAME")
+
+
+def is_table_source(source: str) -> bool:
+    """True when ``source`` is read through ``datasets`` (shards, saved dataset, hub)."""
+    path = Path(source)
+    return (source.startswith("hf:") or glob.has_magic(source) or source.endswith(".parquet")
+            or (path.is_dir() and (is_saved_dataset(path) or shard_files(source) is not None)))
+
+
+def map_columns(ds: datasets.Dataset, columns: dict[str, str], source: str) -> datasets.Dataset:
+    """The dataset with hbt's column names (``columns``: hbt name -> the source's name),
+    holding hbt's columns only; an error names the source and a missing column."""
+    unknown = sorted(set(columns) - set(COLUMNS))
+    if unknown:
+        raise InputError(f"{source} columns", f"unknown hbt column {unknown[0]!r} (hbt's: {', '.join(COLUMNS)})")
+    rename = {theirs: ours for ours, theirs in columns.items() if theirs != ours}
+    missing = [theirs for theirs in rename if theirs not in ds.column_names]
+    if missing:
+        raise InputError(source, f"no column {missing[0]!r} (has {', '.join(ds.column_names)})")
+    ds = ds.select_columns([c for c in ds.column_names if c in rename or (c in COLUMNS and c not in rename.values())])
+    ds = ds.rename_columns(rename) if rename else ds
+    for name in REQUIRED:
+        if name not in ds.column_names:
+            hint = f"; map it with columns: {{{name}: <your column>}}" if columns is not None else ""
+            raise InputError(source, f"no column {name!r}{hint}")
+    return ds
+
+
+def corpus_dataset(corpus: Corpus) -> datasets.Dataset:
+    """A parsed corpus (synthetic, LAReQA, one JSONL file) as an in-memory table: these
+    are small by nature (a test set, the built-in default)."""
+    rows = [(item, lang, pair) for item in corpus.items for lang, pair in sorted(item.pairs.items())]
+    return datasets.Dataset.from_dict({
+        "id": [item.id for item, _, _ in rows],
+        "lang": [lang for _, lang, _ in rows],
+        "query": [pair.query for _, _, pair in rows],
+        "positive": [pair.passage for _, _, pair in rows],
+        "negatives": [list(pair.negatives) for _, _, pair in rows],
+        "title": [item.title for item, _, _ in rows],
+    }, features=datasets.Features({
+        "id": datasets.Value("string"), "lang": datasets.Value("string"), "query": datasets.Value("string"),
+        "positive": datasets.Value("string"), "negatives": datasets.Sequence(datasets.Value("string")),
+        "title": datasets.Value("string"),
+    }))
+
+
+def open_source(source: str, columns: dict[str, str], cache_dir: str) -> tuple[datasets.Dataset, Corpus | None]:
+    """The table of one training source, and the parsed corpus when the source is one of
+    the small built-in formats (its retrieval view can serve a held-out evaluation)."""
+    if is_table_source(source):
+        return map_columns(open_dataset(source, cache_dir), columns, source), None
+    if columns:
+        raise InputError(f"{source} columns", "a column mapping applies to Parquet/JSONL shards and saved datasets only")
+    corpus = load_corpus(source)
+    return corpus_dataset(corpus), corpus

@@ -1,0 +1,268 @@
+"""The training data of a run: every source's table, and the arrays the sampler plans on.
+
+A run trains on one or more *sources* (a Parquet shard directory, the built-in
+synthetic corpus, XQuAD-R, ...). Each becomes a memory-mapped table
+(:mod:`hbt.data.table`); together they are one concatenated table whose rows the
+sampler never sees. What it sees are compact numpy arrays, one entry per (item,
+language) *pair* (an item's pairs are contiguous, languages ascending):
+
+* ``rows``: the table row of the pair, where its texts are read at training time;
+* ``langs``: the pair's language code (an index into ``languages``);
+* ``passages``: a 64-bit hash of the positive's text: equal texts, equal ids, so items
+  that share an answer (in any language) are kept out of one batch. A collision only
+  joins two answer groups, which makes the sampler more careful, never less;
+* ``offsets`` (items + 1): item ``i``'s pairs are ``offsets[i]:offsets[i + 1]``;
+* ``source`` (items): the source each item comes from. Item ids are per source: the
+  same id in two sources is two items.
+
+Building the arrays reads the id, language and positive columns once (Arrow compute and
+pandas' vectorised hashing, no Python object per row); rank 0 stores them in
+``cache_dir/index-<key>/`` and every other rank, and every later run, memory-maps them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hbt.data.corpus import Corpus, Item, Pair, retrieval_from_pairs
+from hbt.data.languages import check_language
+from hbt.data.split import choose_titles
+from hbt.data.sources import Source
+from hbt.data.table import open_source
+from hbt.errors import InputError
+
+INDEX_VERSION = 1  # bump when the arrays' meaning changes: old caches are then ignored
+_HASH_CHUNK = 1 << 20  # rows hashed per pandas call: bounded memory for the Python strings
+
+
+@dataclass
+class TrainingData:
+    table: datasets.Dataset  # every source's rows, concatenated (memory-mapped where the source is)
+    languages: list[str]
+    source_names: list[str]
+    weights: np.ndarray  # per source
+    offsets: np.ndarray
+    rows: np.ndarray
+    langs: np.ndarray
+    passages: np.ndarray
+    source: np.ndarray
+    fingerprint: str  # changes whenever the data, its mapping or the hold-out does
+    held_out: Corpus | None = None  # the held-out titles, for evaluation
+
+    @property
+    def n_items(self) -> int:
+        return len(self.offsets) - 1
+
+    def item_rows(self) -> np.ndarray:
+        """Per item, the table row of its first pair (where its id is read)."""
+        return self.rows[self.offsets[:-1]]
+
+    def item_ids(self, items: np.ndarray) -> list[str]:
+        """The corpus' own ids of ``items`` (indices), one Arrow lookup."""
+        return self.column("id", self.rows[self.offsets[np.asarray(items, dtype=np.int64)]])
+
+    def column(self, name: str, rows: np.ndarray) -> list:
+        """Values of column ``name`` at table ``rows``, in that order: one Arrow ``take`` on
+        the memory-mapped table (it has no indices mapping: hbt never ``select``s it)."""
+        return self.table.data.table.column(name).take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    def texts(self, rows: np.ndarray, limit: int | None = None) -> Iterator[str]:
+        """Queries and positives of ``rows`` (the tiny preset trains its tokenizer on them)."""
+        rows = np.asarray(rows)[:limit]
+        for start in range(0, len(rows), 10_000):
+            part = rows[start:start + 10_000]
+            yield from (t for pair in zip(self.column("query", part), self.column("positive", part)) for t in pair)
+
+    def missing_negatives(self) -> int:
+        """Training pairs without a hard negative (``train.hard_negatives`` needs them all)."""
+        if "negatives" not in self.table.column_names:
+            return len(self.rows)
+        lengths = pc.list_value_length(self.table.data.table.column("negatives")).to_numpy(zero_copy_only=False)
+        lengths = np.nan_to_num(lengths.astype(np.float64))  # null lists count as empty
+        return int((lengths[self.rows] == 0).sum())
+
+
+# -- building ---------------------------------------------------------------------------
+
+
+def _strings(ds: datasets.Dataset, name: str) -> pa.ChunkedArray:
+    return ds.data.table.column(name)
+
+
+def _check_values(ds: datasets.Dataset, where: str) -> None:
+    """No null or empty id, language, query or positive: they would train on nothing."""
+    for name in ("id", "lang", "query", "positive"):
+        column = _strings(ds, name)
+        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            raise InputError(where, f"column {name!r} should hold strings, not {column.type}")
+        bad = pc.or_(pc.is_null(column), pc.equal(pc.utf8_length(column), 0))
+        if pc.any(bad).as_py():
+            row = int(pc.index(bad, True).as_py())
+            raise InputError(where, f"row {row}: column {name!r} is empty")
+
+
+def _hash_texts(column: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of the texts at ``rows`` (pandas' SipHash), in bounded chunks."""
+    out = np.empty(len(rows), dtype=np.uint64)
+    for start in range(0, len(rows), _HASH_CHUNK):
+        part = column.take(pa.array(rows[start:start + _HASH_CHUNK]))
+        out[start:start + _HASH_CHUNK] = pd.util.hash_array(part.to_numpy(zero_copy_only=False), categorize=False)
+    return out
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """Per row, the index of its value among the distinct values (first-seen order)."""
+    encoded = column.dictionary_encode().combine_chunks() if column.num_chunks else pa.array([], pa.string()).dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+def _keep_rows(ds: datasets.Dataset, src: Source, where: str, held: set[str]) -> np.ndarray:
+    """Rows to train on: in the source's languages and not in a held-out title."""
+    keep = np.ones(len(ds), dtype=bool)
+    if src.languages:
+        wanted = [check_language(x.strip(), f"{where} languages") for x in src.languages.split(",") if x.strip()]
+        keep &= pc.is_in(_strings(ds, "lang"), value_set=pa.array(wanted)).to_numpy(zero_copy_only=False)
+    if held:
+        titles = _strings(ds, "title" if "title" in ds.column_names else "id")
+        keep &= ~pc.is_in(titles, value_set=pa.array(sorted(held))).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(keep)
+
+
+def _source_arrays(ds: datasets.Dataset, src: Source, where: str, held: set[str], languages: dict[str, int],
+                   row_base: int) -> dict[str, np.ndarray]:
+    """One source's pairs, sorted by item then language; ``languages`` grows as met."""
+    _check_values(ds, where)
+    rows = _keep_rows(ds, src, where, held)
+    if not len(rows):
+        raise InputError(where, "no training rows (after the language filter and hold-out)")
+    item_code, _ = _codes(_strings(ds, "id"))
+    lang_code, names = _codes(_strings(ds, "lang"))
+    lang_code = lang_code[rows]
+    for code in np.unique(lang_code).tolist():  # the languages trained on, not those filtered out
+        languages.setdefault(check_language(names[code], f"{where} column 'lang'"), len(languages))
+    lang_code = np.array([languages.get(n, -1) for n in names], dtype=np.int64)[lang_code]
+    item_code = item_code[rows]
+    _, item_code = np.unique(item_code, return_inverse=True)  # dense 0..items-1 over the kept rows
+    order = np.lexsort((lang_code, item_code))
+    rows, item_code, lang_code = rows[order], item_code[order], lang_code[order]
+    twice = np.flatnonzero((item_code[1:] == item_code[:-1]) & (lang_code[1:] == lang_code[:-1]))
+    if len(twice):
+        row = int(rows[twice[0] + 1])
+        raise InputError(where, f"row {row}: item {_strings(ds, 'id')[row].as_py()!r} already has a "
+                                f"{_strings(ds, 'lang')[row].as_py()!r} row")
+    counts = np.bincount(item_code)
+    return {"rows": rows + row_base, "langs": lang_code, "passages": _hash_texts(_strings(ds, "positive"), rows),
+            "lens": counts}
+
+
+def _held_out_corpus(ds: datasets.Dataset, corpus: Corpus | None, held: set[str], name: str) -> Corpus:
+    """The held-out titles as a corpus: the parsed one's subset (it keeps every candidate
+    sentence of a LAReQA article), or one built from the held-out rows."""
+    if corpus is not None:
+        return corpus.subset(held, f"{corpus.name}-heldout")
+    titles = _strings(ds, "title" if "title" in ds.column_names else "id")
+    rows = np.flatnonzero(pc.is_in(titles, value_set=pa.array(sorted(held))).to_numpy(zero_copy_only=False))
+    part = ds.select_columns([c for c in ("id", "lang", "query", "positive", "title") if c in ds.column_names])[rows]
+    items: dict[str, Item] = {}
+    for n in range(len(rows)):
+        title = part["title"][n] if "title" in part else part["id"][n]
+        item = items.setdefault(part["id"][n], Item(id=part["id"][n], title=title, pairs={}))
+        item.pairs[part["lang"][n]] = Pair(query=part["query"][n], passage=part["positive"][n])
+    return Corpus(name=f"{name}-heldout", items=list(items.values()), retrieval=retrieval_from_pairs(list(items.values())))
+
+
+def _held_titles(ds: datasets.Dataset, corpus: Corpus | None, holdout: str | float | None, seed: int) -> set[str]:
+    if holdout is None:
+        return set()
+    titles = corpus.titles if corpus is not None else \
+        pc.unique(_strings(ds, "title" if "title" in ds.column_names else "id")).to_pylist()
+    return set(choose_titles(sorted(titles), holdout, seed))
+
+
+def _source_key(ds: datasets.Dataset, corpus: Corpus | None) -> str:
+    return corpus.fingerprint() if corpus is not None else ds._fingerprint
+
+
+def load_training_data(sources: list[Source], cache_dir: str, holdout: str | float | None = None, holdout_seed: int = 0,
+                       is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> TrainingData:
+    """Open every source and build (rank 0) or memory-map (every other rank) the arrays.
+    ``holdout`` (``data.holdout_titles``) applies to a single source only."""
+    if not sources:
+        raise InputError("data.sources", "at least one source is needed")
+    if holdout is not None and len(sources) > 1:
+        raise InputError("data.holdout_titles", "applies to a single source; evaluate a mixture with eval.data")
+    names = [src.name or src.path for src in sources]
+    if len(set(names)) != len(names):
+        raise InputError("data.sources", f"two sources named {next(n for n in names if names.count(n) > 1)!r}; give them names")
+    for name, src in zip(names, sources):
+        if not 0 < src.weight <= 1:
+            raise InputError(f"data.sources[{name}].weight", f"must be in (0, 1], got {src.weight}")
+    if is_main:  # datasets converts shards into its cache once; the other ranks then memory-map it
+        opened = [open_source(src.path, src.columns, cache_dir) for src in sources]
+    barrier()
+    if not is_main:
+        opened = [open_source(src.path, src.columns, cache_dir) for src in sources]
+    held = _held_titles(*opened[0], holdout, holdout_seed) if holdout is not None else set()
+    key = hashlib.sha256(json.dumps([INDEX_VERSION, [(_source_key(ds, c), src.columns, src.languages) for (ds, c), src
+                                                      in zip(opened, sources)], sorted(held)]).encode()).hexdigest()[:20]
+    folder = Path(cache_dir) / f"index-{key}"
+    if is_main and not (folder / "meta.json").exists():
+        _write_index(folder, opened, sources, names, held)
+    barrier()
+    meta = json.loads((folder / "meta.json").read_text())
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("offsets", "rows", "langs", "passages", "source")}
+    table = opened[0][0] if len(opened) == 1 else datasets.concatenate_datasets(
+        [ds.cast(opened[0][0].features) if ds.features != opened[0][0].features else ds for ds, _ in opened])
+    held_out = _held_out_corpus(*opened[0], held, names[0]) if held else None
+    return TrainingData(table=table, languages=meta["languages"], source_names=names,
+                        weights=np.array([src.weight for src in sources]), fingerprint=key, held_out=held_out,
+                        **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def _write_index(folder: Path, opened: list[tuple[datasets.Dataset, Corpus | None]], sources: list[Source],
+                 names: list[str], held: set[str]) -> None:
+    """Build the arrays of every source and publish them atomically (tmp dir + rename)."""
+    languages: dict[str, int] = {}
+    parts, base = [], 0
+    for (ds, _), src, name in zip(opened, sources, names):
+        parts.append(_source_arrays(ds, src, name, held, languages, base))
+        base += len(ds)
+    # languages are numbered in sorted order, as LanguageIndex expects codes ascending per item
+    ordered = sorted(languages)
+    recode = np.array([ordered.index(name) for name in languages], dtype=np.int64)
+    lens = np.concatenate([p["lens"] for p in parts])
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    langs = np.concatenate([recode[p["langs"]] for p in parts])
+    rows = np.concatenate([p["rows"] for p in parts])
+    passages = np.concatenate([p["passages"] for p in parts]).view(np.int64)
+    source = np.repeat(np.arange(len(parts), dtype=np.int16), [len(p["lens"]) for p in parts])
+    # re-sort each item's pairs by the final language codes
+    item_of_pair = np.repeat(np.arange(len(lens)), lens)
+    order = np.lexsort((langs, item_of_pair))
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, array in (("offsets", offsets), ("rows", rows[order]), ("langs", langs[order].astype(np.int16)),
+                        ("passages", passages[order]), ("source", source)):
+        np.save(tmp / f"{name}.npy", array)
+    (tmp / "meta.json").write_text(json.dumps({"languages": ordered, "sources": names, "items": int(len(lens)),
+                                               "pairs": int(len(rows))}))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process published the same index first
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"hbt: indexed {len(lens):,} items, {len(rows):,} pairs in {len(ordered)} languages -> {folder}", file=sys.stderr)
