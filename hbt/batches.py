@@ -11,6 +11,7 @@ follows what was trained on, not how far the workers have read ahead.
 
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 import numpy as np
@@ -53,12 +54,20 @@ class RankBatches(Dataset):
         return b, self.tokenize(*self.texts(b))
 
 
-def stream(batches: RankBatches, start: int, workers: int, prefetch: int) -> Iterator[tuple[int, dict]]:
-    """``(b, batch)`` for ``b`` from ``start`` to the end of the epoch, prepared by
-    ``workers`` processes (0: in this one)."""
+def stream(batches: RankBatches, start: int, workers: int, prefetch: int) -> Iterator[tuple[int, dict, float]]:
+    """``(b, batch, waited)`` for ``b`` from ``start`` to the end of the epoch, prepared by
+    ``workers`` processes (0: in this one); ``waited`` is the seconds the caller spent
+    waiting for the batch (the data path's share of the step: ~0 when workers keep up)."""
     # Its own generator: a DataLoader iterator otherwise draws its workers' base seed from
     # the global torch RNG, which would shift the dropout masks of a resumed run.
     loader = DataLoader(batches, sampler=range(start, len(batches)), batch_size=None, num_workers=workers,
                         prefetch_factor=prefetch if workers else None, persistent_workers=False,
                         generator=torch.Generator().manual_seed(0))
-    return iter(loader)
+    batches_ = iter(loader)
+    while True:
+        tick = time.perf_counter()
+        try:
+            b, batch = next(batches_)
+        except StopIteration:
+            return
+        yield b, batch, time.perf_counter() - tick

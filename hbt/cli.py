@@ -18,26 +18,39 @@ from hbt.errors import EXIT_BAD_INPUT, InputError
 
 def _data_stats(args: argparse.Namespace) -> int:
     from hbt.data import load_corpus
-    from hbt.data.stats import stats_table
+    from hbt.data.stats import pairs_table, stats_table
+    from hbt.data.table import is_table_source
 
+    if is_table_source(args.path):  # shards: what training reads, without a Python object per row
+        data, index = _training_index(args.path, args.cache_dir)
+        print(f"{args.path}: {data.n_items:,} items, {len(data.rows):,} pairs, {len(data.languages)} languages")
+        print(pairs_table(data.languages, data.langs, data.offsets, index.group))
+        return 0
     corpus = load_corpus(args.path)
     print(f"{corpus.name}: {len(corpus.items):,} items, {len(corpus.titles):,} titles, {len(corpus.languages)} languages")
     print(stats_table(corpus))
     return 0
 
 
-def _data_sampler(args: argparse.Namespace):
-    """The training data and the sampler that ``hbt data sample`` and ``hbt data plan`` share."""
+def _training_index(path: str, cache_dir: str):
+    """One source's training data and the sampler's index of it."""
     from hbt.data.sources import Source
     from hbt.data.training import load_training_data
-    from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig
+    from hbt.sampler import LanguageIndex
 
-    data = load_training_data([Source(path=args.path)], args.cache_dir)
+    data = load_training_data([Source(path=path)], cache_dir)
+    return data, LanguageIndex.from_arrays(data.languages, data.offsets, data.langs, data.passages)
+
+
+def _data_sampler(args: argparse.Namespace):
+    """The training data and the sampler that ``hbt data sample`` and ``hbt data plan`` share."""
+    from hbt.sampler import HybridBatchSampler, SamplerConfig
+
+    data, index = _training_index(args.path, args.cache_dir)
     cfg = SamplerConfig(
         batch_size=args.batch_size, alpha=args.alpha, mix=args.mix, language_policy=args.language_policy,
         language_temperature=args.language_temperature, remainder=args.remainder, seed=args.seed,
     )
-    index = LanguageIndex.from_arrays(data.languages, data.offsets, data.langs, data.passages)
     return data, HybridBatchSampler(index, cfg)
 
 
@@ -224,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="inspect corpora and the batches the sampler makes from them")
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     stats = data_commands.add_parser("stats", help="items, queries and candidates per language")
-    stats.add_argument("path", help="LAReQA .json file or directory, a .jsonl file, or synthetic[:items=N,languages=L,...]")
+    stats.add_argument("path", help="Parquet/JSONL shards (directory or glob), a save_to_disk directory, hf:NAME, "
+                                    "LAReQA .json file or directory, a .jsonl file, or synthetic[:items=N,languages=L,...]")
+    stats.add_argument("--cache-dir", default=".cache/hbt", help="where shards are converted and the index is kept (data.cache_dir)")
     stats.set_defaults(run=_data_stats)
     sample = data_commands.add_parser("sample", help="plan hybrid batches and print the batch-type mix")
     _sampler_options(sample)

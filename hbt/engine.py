@@ -189,10 +189,12 @@ class Engine:
                 epoch = self.sampler.epoch
                 tick = time.perf_counter()
                 step_loss = 0.0  # sum of this optimizer step's contrastive-batch losses (this rank)
+                step_wait = 0.0  # seconds this step waited for its batches
                 lo, hi = self.sampler.rank_slice()
                 batches = RankBatches(self.sampler.plan(), lo, hi, self.data, self.tokenize)
-                for b, batch in stream(batches, self.sampler.cursor, self.cfg.data.num_workers, self.cfg.data.prefetch):
+                for b, batch, waited in stream(batches, self.sampler.cursor, self.cfg.data.num_workers, self.cfg.data.prefetch):
                     self.sampler.cursor = b + 1  # what was trained on; the workers may have read further
+                    step_wait += waited
                     loss = self._micro_step(batch)
                     stop, bad = all_max([float(signals.received()), float(not torch.isfinite(loss).item())])
                     if bad:
@@ -208,8 +210,8 @@ class Engine:
                     kind = self.sampler.plan()[self.sampler.cursor - 1].label
                     monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(torch.tensor(step_loss / t.grad_accum)),
                                   "lr": lr, "samples_per_s": t.batch_size * t.grad_accum / (now - tick),
-                                  "batch": kind})
-                    step_loss = 0.0
+                                  "data_wait": step_wait / (now - tick), "batch": kind})
+                    step_loss = step_wait = 0.0
                     tick = now
                     if stop:
                         raise self._preempt(monitor)

@@ -51,7 +51,8 @@ class Monitor:
         self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", dynamic_ncols=True)
 
     def step(self, record: dict) -> None:
-        """Log one optimizer step: ``record`` has step, epoch, loss, lr, samples_per_s, batch."""
+        """Log one optimizer step: ``record`` has step, epoch, loss, lr, samples_per_s,
+        data_wait (the share of the step spent waiting for batches), batch."""
         if not self.enabled:
             return
         self.mix[record["batch"]] += 1
@@ -60,7 +61,7 @@ class Monitor:
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
         step = record["step"]
-        for key in ("loss", "lr", "samples_per_s"):
+        for key in ("loss", "lr", "samples_per_s", "data_wait"):
             self.tb.add_scalar(f"train/{key}", record[key], step)
         for key, share in record["mix"].items():
             self.tb.add_scalar(f"mix/{key}", share, step)

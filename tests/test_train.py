@@ -61,7 +61,8 @@ def test_single_process_run_directory(single_run: Path) -> None:
     records = [json.loads(line) for line in (single_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 13))
     last = records[-1]
-    assert {"loss", "lr", "samples_per_s", "batch", "mix", "epoch"} <= set(last)
+    assert {"loss", "lr", "samples_per_s", "data_wait", "batch", "mix", "epoch"} <= set(last)
+    assert 0 <= last["data_wait"] < 1
     assert abs(sum(last["mix"].values()) - 1) < 1e-3 and "cross" in last["mix"]
     assert any((single_run / "tensorboard").iterdir())
     final = json.loads((single_run / "eval.jsonl").read_text())

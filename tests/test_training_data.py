@@ -217,8 +217,8 @@ def test_workers_deliver_the_same_batches_in_order(tmp_path: Path) -> None:
     plan = sampler_of(data, same_source=False).plan(0)
     tokenizer = train_tokenizer(data.texts(data.rows), 300, 64)
     batches = RankBatches(plan, 8, 16, data, PairTokenizer(tokenizer, TextSpec()))
-    inline = list(stream(batches, 3, workers=0, prefetch=1))
-    forked = list(stream(batches, 3, workers=2, prefetch=2))
+    inline = [(b, batch) for b, batch, _ in stream(batches, 3, workers=0, prefetch=1)]
+    forked = [(b, batch) for b, batch, _ in stream(batches, 3, workers=2, prefetch=2)]
     assert [b for b, _ in inline] == [b for b, _ in forked] == list(range(3, len(plan)))
     for (_, x), (_, y) in zip(inline, forked):
         assert all((x[k]["input_ids"] == y[k]["input_ids"]).all() for k in ("query", "passage"))

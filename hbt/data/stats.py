@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from hbt.data.corpus import Corpus
 
 
@@ -19,4 +21,15 @@ def stats_table(corpus: Corpus) -> str:
     total = ("all", len(corpus.items), sum(x[2] for x in rows), sum(x[3] for x in rows))
     lines = ["| language | items | queries | candidates |", "|---|---:|---:|---:|"]
     lines += [f"| {lang} | {a:,} | {b:,} | {c:,} |" for lang, a, b, c in [*rows, total]]
+    return "\n".join(lines)
+
+
+def pairs_table(languages: list[str], langs: np.ndarray, offsets: np.ndarray, groups: np.ndarray) -> str:
+    """A Markdown table of training data read as a table (shards): pairs per language,
+    items in two or more languages, and answer groups (items that share an answer)."""
+    counts = np.bincount(langs, minlength=len(languages))
+    lines = ["| language | pairs |", "|---|---:|"] + [f"| {lang} | {int(n):,} |" for lang, n in zip(languages, counts)]
+    multi = int((np.diff(offsets) >= 2).sum())
+    lines.append(f"| all | {int(counts.sum()):,} |")
+    lines.append(f"\n{multi:,} items in two or more languages; {len(np.unique(groups)):,} answer groups")
     return "\n".join(lines)
