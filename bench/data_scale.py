@@ -104,6 +104,7 @@ def run_train(cwd: Path, data: str, ranks: int, cache: Path, run_dir: Path, time
            "--config", "configs/tiny.yaml", f"data.train={data}", f"data.cache_dir={cache}", f"run.dir={run_dir}",
            "data.holdout_titles=null", "train.max_steps=2", "train.checkpoint_every=1000", f"train.batch_size={64}"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(cwd)}
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: never a resume
     tick = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peaks: dict[int, dict[str, int]] = {}
