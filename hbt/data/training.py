@@ -114,12 +114,13 @@ def _check_values(ds: datasets.Dataset, where: str) -> None:
             raise InputError(where, f"row {row}: column {name!r} is empty")
 
 
-def _hash_texts(column: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of the texts at ``rows`` (pandas' SipHash), in bounded chunks."""
-    out = np.empty(len(rows), dtype=np.uint64)
-    for start in range(0, len(rows), _HASH_CHUNK):
-        part = column.take(pa.array(rows[start:start + _HASH_CHUNK]))
-        out[start:start + _HASH_CHUNK] = pd.util.hash_array(part.to_numpy(zero_copy_only=False), categorize=False)
+def _hash_texts(column: pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of every text of ``column`` (pandas' SipHash), read in order and in
+    bounded chunks (Python strings exist for one chunk at a time)."""
+    out = np.empty(len(column), dtype=np.uint64)
+    for start in range(0, len(column), _HASH_CHUNK):
+        part = column.slice(start, _HASH_CHUNK)
+        out[start:start + len(part)] = pd.util.hash_array(part.to_numpy(zero_copy_only=False), categorize=False)
     return out
 
 
@@ -164,7 +165,7 @@ def _source_arrays(ds: datasets.Dataset, src: Source, where: str, held: set[str]
         raise InputError(where, f"row {row}: item {_strings(ds, 'id')[row].as_py()!r} already has a "
                                 f"{_strings(ds, 'lang')[row].as_py()!r} row")
     counts = np.bincount(item_code)
-    return {"rows": rows + row_base, "langs": lang_code, "passages": _hash_texts(_strings(ds, "positive"), rows),
+    return {"rows": rows + row_base, "langs": lang_code, "passages": _hash_texts(_strings(ds, "positive"))[rows],
             "lens": counts}
 
 
