@@ -8,8 +8,9 @@ Each run is a fresh ``torchrun ... -m hbt train`` of the tiny preset with a cold
 index, every rank plans the epoch, the tiny tokenizer is trained on a sample and
 DeepSpeed starts. ``first step`` is the wall time until metrics.jsonl has step 1;
 ``warm`` repeats the run on the filled cache (what a resume or a second run pays).
-Peak memory is polled from /proc (VmHWM, and the largest RssAnon seen: anonymous memory,
-without the page cache of the memory-mapped Arrow files, which the ranks share).
+Peak memory is polled from /proc for each rank process (VmHWM: peak resident, counting
+the pages of the memory-mapped Arrow files it touched, which the ranks share as page
+cache; and the largest RssAnon seen: its own heap) and for their DataLoader workers.
 
 The corpus is written by a vectorised generator (``--write``): 4 languages, 12-word
 passages and 5-word queries from per-language vocabularies, titles of 1,000 items, and a
@@ -74,28 +75,20 @@ def write_corpus(folder: Path, pairs: int, seed: int = 0) -> None:
         pq.write_table(pa.concat_tables(tables), folder / f"part-{shard:05d}.parquet")
 
 
-def tree(pid: int) -> list[int]:
-    """``pid`` and every descendant process."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            children = []
-        todo += [int(c) for c in children]
-    return out
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
-def status(pid: int) -> dict[str, int]:
+def memory(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident, incl. mapped file pages) and RssAnon of a process, in KiB."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return {}
-    fields = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines if line.startswith(("VmHWM", "RssAnon")))}
-    return {**fields, "rank": int("torch.distributed.run" not in cmd and "-m hbt" in cmd and "from multiprocessing" not in cmd)}
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines if line.startswith(("VmHWM", "RssAnon")))}
 
 
 def run_train(cwd: Path, data: str, ranks: int, cache: Path, run_dir: Path, timeout: float = 1800) -> dict:
@@ -110,12 +103,14 @@ def run_train(cwd: Path, data: str, ranks: int, cache: Path, run_dir: Path, time
     peaks: dict[int, dict[str, int]] = {}
     metrics = run_dir / "metrics.jsonl"
     first = None
+    workers: dict[int, dict[str, int]] = {}
     while proc.poll() is None:
-        for pid in tree(proc.pid):
-            s = status(pid)
-            if s:
-                old = peaks.get(pid, {})
-                peaks[pid] = {k: max(v, old.get(k, 0)) for k, v in s.items()}
+        for rank in children(proc.pid):  # torchrun's children are the ranks, theirs the DataLoader workers
+            for pid, table in [(rank, peaks)] + [(w, workers) for w in children(rank)]:
+                s = memory(pid)
+                if s:
+                    old = table.get(pid, {})
+                    table[pid] = {k: max(v, old.get(k, 0)) for k, v in s.items()}
         if first is None and metrics.exists() and metrics.read_text().strip():
             first = time.perf_counter() - tick
         if time.perf_counter() - tick > timeout:
@@ -127,9 +122,9 @@ def run_train(cwd: Path, data: str, ranks: int, cache: Path, run_dir: Path, time
         sys.exit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
     if first is None:
         first = time.perf_counter() - tick
-    ranks_ = [p for p in peaks.values() if p.get("rank")]
-    return {"first_step_s": first, "hwm_mib": max(p.get("VmHWM", 0) for p in ranks_) / 1024,
-            "anon_mib": max(p.get("RssAnon", 0) for p in ranks_) / 1024}
+    top = lambda table, key: max((p.get(key, 0) for p in table.values()), default=0) / 1024  # noqa: E731
+    return {"first_step_s": first, "hwm_mib": top(peaks, "VmHWM"), "anon_mib": top(peaks, "RssAnon"),
+            "worker_anon_mib": top(workers, "RssAnon")}
 
 
 def main() -> None:
@@ -149,14 +144,14 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-f", "--detach", str(old_tree), a.old], check=True,
                            capture_output=True)
     print(machine())
-    print("| pairs | code | ranks | write s | first step, cold cache (s) | first step, warm (s) | peak RSS / rank (MiB) | peak anon / rank (MiB) |")
+    print("| pairs | code | ranks | first step, cold cache (s) | first step, warm (s) | peak RSS / rank (MiB) | peak anon / rank (MiB) | peak anon / worker (MiB) |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for size in (int(float(s)) for s in a.sizes.split(",")):
         corpus = work / f"corpus-{size}"
-        tick = time.perf_counter()
         if not corpus.exists():
+            tick = time.perf_counter()
             write_corpus(corpus, size)
-        written = time.perf_counter() - tick
+            print(f"(wrote {size:,} pairs of Parquet in {time.perf_counter() - tick:.0f} s)", flush=True)
         runs = [("hbt", ROOT, str(corpus))]
         if old_tree is not None and size <= a.old_max_pairs:
             runs.append((f"old {a.old} (synthetic:items={size // 4})", old_tree, f"synthetic:items={size // 4},languages=4"))
@@ -171,9 +166,9 @@ def main() -> None:
                     rows.append((cold, warm))
                     shutil.rmtree(cache, ignore_errors=True)
                 med = lambda key, i: float(np.median([row[i][key] for row in rows]))  # noqa: E731
-                print(f"| {size:,} | {name} | {ranks} | {written:.1f} | {med('first_step_s', 0):.1f} | {med('first_step_s', 1):.1f} "
-                      f"| {max(med('hwm_mib', 0), med('hwm_mib', 1)):,.0f} | {max(med('anon_mib', 0), med('anon_mib', 1)):,.0f} |",
-                      flush=True)
+                peak = lambda key: max(med(key, 0), med(key, 1))  # noqa: E731
+                print(f"| {size:,} | {name} | {ranks} | {med('first_step_s', 0):.1f} | {med('first_step_s', 1):.1f} "
+                      f"| {peak('hwm_mib'):,.0f} | {peak('anon_mib'):,.0f} | {peak('worker_anon_mib'):,.0f} |", flush=True)
     print(json.dumps({"work": str(work)}))
 
 
