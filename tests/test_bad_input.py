@@ -70,3 +70,38 @@ def test_sampler_options() -> None:
     assert_one_line_error(run_hbt("data", "sample", "synthetic:items=200", "--alpha", "1.5"), "train.alpha", "[0, 1]")
     assert_one_line_error(run_hbt("data", "sample", "synthetic:items=50", "--batch-size", "64"),
                           "train.batch_size", "larger than language")
+
+
+def test_shard_sources_bad_input(tmp_path: Path) -> None:
+    """Shards: a pattern that matches nothing, mixed formats, an unreachable hub dataset,
+    a bad row and a missing mapped column all end in one line naming the source (after
+    datasets' conversion progress bar, where shards were converted)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cache = f"--cache-dir={tmp_path / 'cache'}"
+    assert_one_line_error(run_hbt("data", "stats", str(tmp_path / "none" / "*.parquet"), cache), "matches no file")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    row = {"id": "a", "lang": "en", "query": "q", "positive": "p"}
+    pq.write_table(pa.Table.from_pylist([row]), mixed / "a.parquet")
+    (mixed / "b.jsonl").write_text(json.dumps(row) + "\n")
+    assert_one_line_error(run_hbt("data", "stats", str(mixed), cache), str(mixed), "shards must all be .parquet")
+    assert_one_line_error(run_hbt("data", "stats", "hf:nobody/nothing", cache, env={"HF_HUB_OFFLINE": "1"}),
+                          "hf:nobody/nothing", "cannot read")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pq.write_table(pa.Table.from_pylist([row, {**row, "id": "b", "positive": None}]), bad / "part-0.parquet")
+    out = run_hbt("data", "stats", str(bad), cache)
+    assert_one_line_error(drop_progress(out), str(bad), "row 1: column 'positive' is empty")
+    out = run_hbt("train", "data.train=null", f"data.sources=[{{path: {bad}, columns: {{query: question}}}}]",
+                  f"data.cache_dir={tmp_path / 'cache'}", f"run.dir={tmp_path / 'run'}")
+    assert_one_line_error(drop_progress(out), str(bad), "no column 'question'")
+
+
+def drop_progress(out):
+    """``out`` without datasets' progress-bar lines ("Generating train split: ...")."""
+    import subprocess
+
+    kept = "\n".join(line for line in out.stderr.splitlines() if "examples/s]" not in line)
+    return subprocess.CompletedProcess(out.args, out.returncode, out.stdout, kept)

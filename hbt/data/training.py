@@ -113,7 +113,7 @@ def _check_values(ds: datasets.Dataset, where: str) -> None:
         column = _strings(ds, name)
         if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
             raise InputError(where, f"column {name!r} should hold strings, not {column.type}")
-        bad = pc.or_(pc.is_null(column), pc.equal(pc.utf8_length(column), 0))
+        bad = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(column), 0))  # null or empty
         if pc.any(bad).as_py():
             row = int(pc.index(bad, True).as_py())
             raise InputError(where, f"row {row}: column {name!r} is empty")
