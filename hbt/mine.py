@@ -477,5 +477,5 @@ def mine_embeddings(queries: np.ndarray, cands: np.ndarray, cand_ids: np.ndarray
                     if len(cols):
                         writer(lo + r, row_ids[cols].tolist(), row_scores[cols].tolist(), cols.tolist(), float(pos_score[r]))
             timings["choose_write_s"] += time.perf_counter() - tick
-    files = writer.close() if rank == 0 and writer is not None else []
+    files = writer.close() if rank == 0 and hasattr(writer, "close") else []
     return {"counts": asdict(counts), "files": files, "timings": timings}

@@ -228,21 +228,21 @@ def test_training_reads_the_mined_negatives(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_xquad_r_e5_small_mines_no_relevant_passage(tmp_path: Path) -> None:
-    """multilingual-e5-small on XQuAD-R (en, de: 2,380 queries, 2,200 candidates): not one
+    """multilingual-e5-small on XQuAD-R (en, de: 2,380 queries, 2,456 candidates): not one
     mined negative is relevant under the evaluation's relevance nor the positive's text,
-    all in the pair's own pool, k and the range honoured, the ratio filter applied."""
+    all in the pair's own pool, k and the range honoured. ``--pick top`` and no ratio
+    filter, so a positive anywhere in the range would be mined if the rules failed
+    (the ratio filter alone drops the positive itself; tested on the tiny model)."""
     data, model = str(need(XQUAD_R)), need(ME5_SMALL)
     result = run_hbt("mine", "--model", str(model), "--data", data, "--out", str(tmp_path / "xq"), "--languages", "en,de",
                      "--query-prefix", "query: ", "--passage-prefix", "passage: ", "--batch-size", "64",
-                     "--range", "3-50", "--k", "5", "--max-score-ratio", "0.95", "--with-scores", timeout=1500)
+                     "--range", "1-50", "--k", "5", "--pick", "top", "--with-scores", timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "xq" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 1190
     assert_no_false_negatives(rows, data, {"en", "de"})
     counts = json.loads((tmp_path / "xq" / "mine.json").read_text())["counts"]
-    assert counts["false_negatives_skipped"] > 0  # e5 ranks positives high: the rule had work to do
+    assert counts["false_negatives_skipped"] > 0  # e5 ranks positives high: the rules had work to do
     for row in rows:
-        assert len(row["negatives"]) == 5
-        assert all(s <= 0.95 * row["positive_score"] for s in row["negative_scores"])
-        assert all(r >= 3 for r in row["negative_ranks"])
-        assert all(r < 50 for r in row["negative_ranks"]) or counts["filled"] > 0
+        assert len(row["negatives"]) == 5 and all(1 <= r < 50 for r in row["negative_ranks"])
+        assert row["negative_scores"] == sorted(row["negative_scores"], reverse=True)
