@@ -182,6 +182,24 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mine(args: argparse.Namespace) -> int:
+    from hbt.mine import MineArgs, MineSettings, parse_range, run_mine
+
+    languages = tuple(x.strip() for x in args.languages.split(",") if x.strip()) if args.languages else None
+    settings = MineSettings(k=args.k, range=parse_range(args.range), languages=languages,
+                            max_score_ratio=args.max_score_ratio, pick=args.pick, seed=args.seed,
+                            batch_size=args.batch_size, index=args.index)
+    settings.validate()
+    report = run_mine(MineArgs(args.model, args.data, Path(args.out), settings, args.pooling, args.query_prefix,
+                               args.passage_prefix, args.max_length, args.format, args.with_scores))
+    if int(os.environ.get("RANK", "0")) == 0:
+        c = report["counts"]
+        print(f"{c['written']:,} of {c['pairs']:,} pairs with hard negatives ({c['short']:,} with fewer than {args.k}, "
+              f"{c['filled']:,} filled from below the range); {c['false_negatives_skipped']:,} false negatives skipped")
+        print(f"outputs: {Path(args.out).resolve()}/{{{','.join(report['files'])},mine.json}}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -285,6 +303,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index of each shard")
     ev.set_defaults(run=_eval)
+
+    mine = commands.add_parser("mine", help="mine hard negatives for every (item, language) pair, 1 to N ranks",
+                               description="Encode the corpus sharded across ranks, search each pair's own-language "
+                                           "pool and write the pairs with hard negatives in hbt's generic training "
+                                           "format (docs/mining.md). Never a candidate the evaluation counts as "
+                                           "relevant, nor one with the positive's text.")
+    mine.add_argument("--model", required=True, help="encoder directory (an hbt export, or any Hugging Face encoder)")
+    mine.add_argument("--data", required=True, help="LAReQA dir/file, .jsonl or synthetic[:...] (anything with pairs)")
+    mine.add_argument("--out", required=True, help="output directory: train.jsonl (or Parquet shards) and mine.json")
+    mine.add_argument("--k", type=int, default=7, help="negatives per pair")
+    mine.add_argument("--range", default="10-100", metavar="A-B", help="skip the top A of the ranking, draw from ranks A+1..B")
+    mine.add_argument("--pick", choices=["sample", "top"], default="sample", help="k at random from the range (seeded), or its best k")
+    mine.add_argument("--languages", default=None, help="comma-separated pool languages to mine (default: all)")
+    mine.add_argument("--max-score-ratio", type=float, default=None, metavar="R",
+                      help="drop negatives scoring above R x the positive's score (positive-aware filtering)")
+    mine.add_argument("--seed", type=int, default=0)
+    mine.add_argument("--pooling", choices=["mean", "cls"], default=None, help="default: from the model's files, else mean")
+    mine.add_argument("--query-prefix", default=None, help="e.g. 'query: ' for e5 (default: the model's prompts, else none)")
+    mine.add_argument("--passage-prefix", default=None, help="e.g. 'passage: ' for e5")
+    mine.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's, else 128)")
+    mine.add_argument("--batch-size", type=int, default=128)
+    mine.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index (flat: exact)")
+    mine.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl", help="train.jsonl or train-NNNNN.parquet shards")
+    mine.add_argument("--with-scores", action="store_true",
+                      help="also write positive_score, negative_scores and negative_ranks (0-based) per row")
+    mine.set_defaults(run=_mine)
 
     sweep = commands.add_parser("sweep", help="a job array over alpha, seeds and configs (submitit: Slurm, else local)",
                                 description="Submit, wait (with a deadline), then tabulate and plot against alpha.")

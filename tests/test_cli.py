@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import run_hbt
 
-SUBCOMMANDS = [["data"], ["data", "stats"], ["data", "sample"], ["data", "plan"], ["config"], ["train"], ["eval"], ["report"], ["sweep"]]
+SUBCOMMANDS = [["data"], ["data", "stats"], ["data", "sample"], ["data", "plan"], ["config"], ["train"], ["eval"], ["mine"], ["report"], ["sweep"]]
 
 
 def test_top_level_help_lists_subcommands() -> None:

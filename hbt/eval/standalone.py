@@ -50,25 +50,39 @@ def model_settings(model_dir: Path) -> dict:
     return found
 
 
-def run_eval(a: EvalArgs) -> dict:
+def text_spec(model: str, query_prefix: str | None = None, passage_prefix: str | None = None,
+              max_length: int | None = None, pooling: str | None = None) -> tuple[TextSpec, str]:
+    """How to encode with ``model``: what is given, else what was saved with the model
+    (:func:`model_settings`), else no prefixes, 128 tokens and mean pooling."""
+    model_dir = resolve_model_name(model)
+    defaults = model_settings(Path(model_dir)) if Path(model_dir).is_dir() else {}
+    pick = lambda given, key, fallback: given if given is not None else defaults.get(key) or fallback  # noqa: E731
+    spec = TextSpec(pick(query_prefix, "query_prefix", ""), pick(passage_prefix, "passage_prefix", ""),
+                    pick(max_length, "max_query_length", 128), pick(max_length, "max_passage_length", 128))
+    return spec, pick(pooling, "pooling", "mean")
+
+
+def load_encoder(model: str, pooling: str, env: hdist.DistEnv) -> tuple[BiEncoder, object]:
+    """The bi-encoder and tokenizer of ``model``, on this rank's GPU when there is one."""
     import torch
 
+    encoder, tokenizer = load_pretrained(resolve_model_name(model))
+    bi = BiEncoder(encoder, pooling)
+    if torch.cuda.is_available():
+        bi = bi.to(f"cuda:{env.local_rank}")
+    return bi, tokenizer
+
+
+def run_eval(a: EvalArgs) -> dict:
     from hbt.eval.report import write_outputs
     from hbt.eval.run import evaluate
 
     corpus = load_corpus(a.data)
     if a.holdout_titles:
         _, corpus = split_by_title(corpus, holdout_titles(corpus, a.holdout_titles, seed=a.seed))
-    model_dir = resolve_model_name(a.model)
-    defaults = model_settings(Path(model_dir)) if Path(model_dir).is_dir() else {}
-    pick = lambda given, key, fallback: given if given is not None else defaults.get(key) or fallback  # noqa: E731
-    spec = TextSpec(pick(a.query_prefix, "query_prefix", ""), pick(a.passage_prefix, "passage_prefix", ""),
-                    pick(a.max_length, "max_query_length", 128), pick(a.max_length, "max_passage_length", 128))
+    spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
-    encoder, tokenizer = load_pretrained(model_dir)
-    model = BiEncoder(encoder, pick(a.pooling, "pooling", "mean"))
-    if torch.cuda.is_available():
-        model = model.to(f"cuda:{env.local_rank}")
+    model, tokenizer = load_encoder(a.model, pooling, env)
     results = evaluate(model, tokenizer, corpus.retrieval, spec, a.settings, a.k, a.index, a.batch_size, env.is_main)
     if env.is_main:
         write_outputs(results, a.out, f"{Path(a.model).name} on {corpus.name}")
