@@ -79,7 +79,7 @@ class TrainConfig:
     symmetric: bool = False  # add the passage -> query term
     hard_negatives: int = 0  # hard negatives per pair (from the data), gathered like passages
     grad_cache_chunk: int | None = None  # GradCache: encode this many texts at a time
-    chunk_tokens: int | None = 1024  # encode each side in length-sorted chunks of this many padded tokens; null: one padded pass
+    chunk_tokens: int | None = 512  # encode each side in length-sorted chunks of this many padded tokens; null: one padded pass
     deepspeed: str = "configs/deepspeed/zero0.json"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every: int = 100  # optimizer steps
