@@ -10,7 +10,11 @@ import platform
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
+
+# The hbt of this checkout, not an installed copy (an editable install may point at another worktree).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def machine() -> str:

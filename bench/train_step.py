@@ -1,18 +1,29 @@
-"""Training-step throughput on one process: a bare PyTorch loop, hbt's engine, and
-sentence-transformers (SentenceTransformerTrainer + MultipleNegativesRankingLoss).
+"""Training-step throughput on one process: bare PyTorch loops, hbt's engine, and
+sentence-transformers (SentenceTransformerTrainer + MultipleNegativesRankingLoss or
+CachedMultipleNegativesRankingLoss).
 
 Same model, same contrastive batch, same length limits, same pairs: the batches are
-hbt's sampler plan for the config, and the bare loop and sentence-transformers get the
-same (query, passage) texts. Every contender pays its own data path per step (hbt and
-the bare loop read pre-tokenised ids, sentence-transformers tokenises in its collator):
-hbt and sentence-transformers are timed from one step's end to the next, the bare loop
-from padding to optimizer step.
-Each measurement is a fresh process; samples/s is the median over the steps after
---warmup; contenders alternate within each round; the table gives medians over rounds
-and ratios against the bare loop.
+hbt's sampler plan for the config, and the bare loops and sentence-transformers get the
+same (query, passage) texts. Contenders:
 
-    python bench/train_step.py --preset tiny --rounds 5
-    python bench/train_step.py --preset me5 --rounds 5 --steps 8 --warmup 2   # needs ../shared
+- bare: a plain padded loop (each side padded to its longest text, one forward each);
+- bare chunked: the same loop with hbt's length-sorted chunks (hbt.model.encode_chunked,
+  ``--chunk-tokens``), so the trick's own worth shows apart from hbt's engine;
+- hbt: ``hbt train`` with ``train.chunk_tokens`` at ``--chunk-tokens``; hbt padded: with
+  ``train.chunk_tokens=null`` (one padded pass per side);
+- st MNRL / st CachedMNRL: sentence-transformers' trainer with each loss (CachedMNRL at
+  its default mini-batch of 32 texts).
+
+Every contender pays its own data path per step (hbt and the bare loops read
+pre-tokenised ids, sentence-transformers tokenises in its collator): hbt and
+sentence-transformers are timed from one step's end to the next, the bare loops from
+padding to optimizer step. Each measurement is a fresh process; samples/s is the median
+over the steps after --warmup; contenders alternate within each round; each table gives
+medians over rounds, every round's value, and ratios against the bare loop, then the
+ratios the targets are about.
+
+    python bench/train_step.py --preset tiny,me5 --batch 32,128 --rounds 3   # me5 needs ../shared
+    python bench/train_step.py --preset me5 --contenders bare,bare-chunked --chunk-tokens 256,512,1024,2048
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from benchlib import alternate, child, machine, median_table
 
@@ -68,22 +80,24 @@ def text_batches(p: dict, steps: int) -> list[tuple[list[str], list[str]]]:
     return out
 
 
-def run_bare(p: dict, steps: int, warmup: int) -> float:
+def run_bare(p: dict, steps: int, warmup: int, chunk_tokens: int | None = None) -> float:
+    """The bare loop; with ``chunk_tokens`` each side is encoded in length-sorted chunks."""
     import torch
     import torch.nn.functional as F
 
     from hbt.data.tokenize import pad
-    from hbt.model import BiEncoder, load_pretrained
+    from hbt.model import BiEncoder, encode_chunked, load_pretrained
 
     batches = text_batches(p, steps)
     encoder, tok = load_pretrained(p["model"])
     model = BiEncoder(encoder, "mean").train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     ids = [(tok(q, truncation=True, max_length=MAXQ)["input_ids"], tok(d, truncation=True, max_length=MAXP)["input_ids"]) for q, d in batches]
+    encode = (lambda part: model(**part)) if chunk_tokens is None else (lambda part: encode_chunked(lambda c: model(**c), part, chunk_tokens))
     times = []
     for q, d in ids:
         tick = time.perf_counter()
-        qe, de = model(**pad(q, tok.pad_token_id)), model(**pad(d, tok.pad_token_id))
+        qe, de = encode(pad(q, tok.pad_token_id)), encode(pad(d, tok.pad_token_id))
         F.cross_entropy(qe @ de.T / TEMP, torch.arange(len(q))).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -91,18 +105,19 @@ def run_bare(p: dict, steps: int, warmup: int) -> float:
     return p["batch"] / statistics.median(times[warmup:])
 
 
-def run_hbt(p: dict, steps: int, warmup: int) -> float:
+def run_hbt(p: dict, steps: int, warmup: int, chunk_tokens: int | None = None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "hbt", "train", "--config", "configs/tiny.yaml", *hbt_overrides(p, tmp, steps), "eval.settings=mono"]
+        cmd = [sys.executable, "-m", "hbt", "train", "--config", "configs/tiny.yaml", *hbt_overrides(p, tmp, steps), "eval.settings=mono",
+               f"train.chunk_tokens={'null' if chunk_tokens is None else chunk_tokens}"]
         subprocess.run(cmd, check=True, capture_output=True)
         records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
         return statistics.median(r["samples_per_s"] for r in records[warmup:])
 
 
-def run_st(p: dict, steps: int, warmup: int) -> float:
+def run_st(p: dict, steps: int, warmup: int, cached: bool = False) -> float:
     import datasets
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import TrainerCallback
 
@@ -118,39 +133,120 @@ def run_st(p: dict, steps: int, warmup: int) -> float:
         def on_step_end(self, *args, **kwargs):
             ends.append(time.perf_counter())
 
+    loss = (CachedMultipleNegativesRankingLoss if cached else MultipleNegativesRankingLoss)(model, scale=1 / TEMP)
     with tempfile.TemporaryDirectory() as tmp:
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=p["batch"], max_steps=steps, learning_rate=LR, warmup_steps=0,
             report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_drop_last=True, seed=0)
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
-                                             loss=MultipleNegativesRankingLoss(model, scale=1 / TEMP), callbacks=[Clock()])
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Clock()])
         trainer.train()
     times = [b - a for a, b in zip(ends, ends[1:])]
     return p["batch"] / statistics.median(times[warmup:])
 
 
-CONTENDERS = {"bare": run_bare, "hbt": run_hbt, "sentence-transformers": run_st}
+def sweep(p: dict, steps: int, warmup: int, budgets: list[int | None]) -> dict[str, float]:
+    """The bare loop in one process, the budgets taking turns on every batch (same model,
+    same batches, so only the chunking differs): samples/s per budget, median over the
+    steps after ``warmup`` rounds. Cheaper than a fresh process per budget, for choosing
+    ``train.chunk_tokens``."""
+    import torch
+    import torch.nn.functional as F
+
+    from hbt.data.tokenize import pad
+    from hbt.model import BiEncoder, encode_chunked, load_pretrained
+
+    batches = text_batches(p, steps)
+    encoder, tok = load_pretrained(p["model"])
+    model = BiEncoder(encoder, "mean").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    times: dict[str, list[float]] = {str(b): [] for b in budgets}
+    for n, (q, d) in enumerate(batches):
+        q, d = tok(q, truncation=True, max_length=MAXQ)["input_ids"], tok(d, truncation=True, max_length=MAXP)["input_ids"]
+        for budget in budgets:
+            tick = time.perf_counter()
+            qe, de = (encode_chunked(lambda c: model(**c), pad(side, tok.pad_token_id), budget) for side in (q, d))
+            F.cross_entropy(qe @ de.T / TEMP, torch.arange(len(q))).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if n >= warmup:
+                times[str(budget)].append(time.perf_counter() - tick)
+            print(f"batch {n} chunk_tokens={budget}: {time.perf_counter() - tick:.2f} s", file=sys.stderr, flush=True)
+    return {b: p["batch"] / statistics.median(t) for b, t in times.items()}
+
+
+Runner = Callable[[dict, int, int, int], float]  # (preset, steps, warm-up, --chunk-tokens budget) -> samples/s
+CONTENDERS: dict[str, Runner] = {
+    "bare": lambda p, steps, warmup, budget: run_bare(p, steps, warmup),
+    "bare-chunked": run_bare,
+    "hbt": run_hbt,
+    "hbt-padded": lambda p, steps, warmup, budget: run_hbt(p, steps, warmup),
+    "st-mnrl": lambda p, steps, warmup, budget: run_st(p, steps, warmup),
+    "st-cachedmnrl": lambda p, steps, warmup, budget: run_st(p, steps, warmup, cached=True),
+}
+CHUNKED = {"bare-chunked", "hbt"}  # the contenders that take --chunk-tokens
+
+
+def summary(results: dict[str, list[dict]]) -> str:
+    """The ratios of medians the targets are about: what chunking is worth (bare and hbt),
+    and hbt against sentence-transformers."""
+    med = {n: statistics.median(r["samples_per_s"] for r in runs) for n, runs in results.items()}
+    pairs = [("bare chunked", "bare"), ("hbt", "hbt padded"), ("hbt padded", "bare"), ("hbt", "st MNRL"),
+             ("hbt", "st CachedMNRL"), ("st MNRL", "bare")]
+    return "; ".join(f"{a} / {b} {med[a] / med[b]:.2f}" for a, b in pairs if a in med and b in med)
+
+
+def label(name: str, budget: int | None, several: bool) -> str:
+    text = {"bare": "bare", "bare-chunked": "bare chunked", "hbt": "hbt", "hbt-padded": "hbt padded",
+            "st-mnrl": "st MNRL", "st-cachedmnrl": "st CachedMNRL"}[name]
+    return f"{text} ({budget} tokens)" if several and name in CHUNKED else text
 
 
 def main() -> None:
+    from hbt.config import TrainConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    parser.add_argument("--preset", default="tiny", help=f"comma-separated, of {', '.join(PRESETS)}")
+    parser.add_argument("--batch", help="contrastive batch sizes, comma-separated (default: the preset's)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {', '.join(CONTENDERS)}")
+    parser.add_argument("--chunk-tokens", default=str(TrainConfig.chunk_tokens),
+                        help="token budget(s) of the chunked contenders, comma-separated (default: train.chunk_tokens's)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
+    parser.add_argument("--sweep", action="store_true", help="only the bare loop, one process, the --chunk-tokens budgets "
+                        "(and 'null': one padded pass) taking turns on each batch")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    p = PRESETS[args.preset]
-    steps, warmup = args.steps or p["steps"], args.warmup or p["warmup"]
-    if args.child:
-        print(json.dumps({"samples_per_s": CONTENDERS[args.child](p, steps, warmup)}))
+    budgets = [None if b == "null" else int(b) for b in args.chunk_tokens.split(",")]
+    if args.sweep:
+        p = {**PRESETS[args.preset], "batch": int(args.batch or PRESETS[args.preset]["batch"])}
+        steps, warmup = args.steps or p["steps"], args.warmup or p["warmup"]
+        rates = sweep(p, steps, warmup, budgets)
+        print(f"{machine()}\n{p['model']}, contrastive batch {p['batch']}, bare loop, {steps} batches ({warmup} warm-up), "
+              f"budgets taking turns on each batch; samples/s (vs one padded pass):")
+        for b, rate in rates.items():
+            print(f"  chunk_tokens={b}: {rate:.1f} ({rate / rates.get('None', rate):.2f})")
         return
-    print(f"{machine()}\n{p['model']}, contrastive batch {p['batch']}, max lengths {MAXQ}/{MAXP}, {steps} steps "
-          f"({warmup} warm-up), medians of {args.rounds} rounds, contenders alternating\n")
-    command = [sys.executable, __file__, "--preset", args.preset, "--steps", str(steps), "--warmup", str(warmup), "--child"]
-    results = alternate({name: partial(child, [*command, name]) for name in CONTENDERS}, args.rounds)
-    print(median_table(results, {"samples_per_s": "samples/s"}, ratios=["samples_per_s"], label="contender",
-                       runs_of="samples_per_s", digits=1))
+    if args.child:
+        p = {**PRESETS[args.preset], "batch": int(args.batch)}
+        print(json.dumps({"samples_per_s": CONTENDERS[args.child](p, args.steps, args.warmup, budgets[0])}))
+        return
+    print(machine())
+    names = args.contenders.split(",")
+    for preset in args.preset.split(","):
+        p = PRESETS[preset]
+        steps, warmup = args.steps or p["steps"], args.warmup or p["warmup"]
+        for batch in [int(b) for b in args.batch.split(",")] if args.batch else [p["batch"]]:
+            print(f"\n{p['model']}, contrastive batch {batch}, max lengths {MAXQ}/{MAXP}, {steps} steps ({warmup} warm-up), "
+                  f"chunks of {args.chunk_tokens} tokens, medians of {args.rounds} rounds, contenders alternating\n")
+            command = [sys.executable, __file__, "--preset", preset, "--batch", str(batch), "--steps", str(steps),
+                       "--warmup", str(warmup), "--child"]
+            contenders = {label(name, budget, len(budgets) > 1): partial(child, [*command, name, "--chunk-tokens", str(budget)])
+                          for name in names for budget in (budgets if name in CHUNKED else budgets[:1])}
+            results = alternate(contenders, args.rounds)
+            print(median_table(results, {"samples_per_s": "samples/s"}, ratios=["samples_per_s"], label="contender",
+                               runs_of="samples_per_s", digits=1))
+            print(f"\n{summary(results)}", flush=True)
 
 
 if __name__ == "__main__":

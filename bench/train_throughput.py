@@ -1,5 +1,6 @@
 """Training throughput of a config on 1 and 2 ranks (gloo on CPU, NCCL on GPUs) at the
-same per-rank batch, and the share of the 2-rank step spent in the cross-rank gather.
+same per-rank batch, and the share of the step spent in the cross-rank gather and in
+collation.
 
 Each run trains ``--steps`` optimizer steps with ``hbt train`` (torchrun for 2 ranks) and
 reads samples/s from its metrics.jsonl, skipping the first ``--warmup`` steps. The
@@ -7,7 +8,10 @@ reads samples/s from its metrics.jsonl, skipping the first ``--warmup`` steps. T
 number of pairs; efficiency = (2-rank samples/s) / (2 x 1-rank samples/s). The gather
 share times the loss's own gather (hbt.loss.gather_with_grad: all-gather forward,
 reduce-scatter backward) on 2 ranks for the embeddings of one step, median of 200
-repeats, against the median 2-rank step time.
+repeats, against the median 2-rank step time. The collation share times what the
+training loop does before each step today (``TokenizedCorpus.rows`` + ``PairCollator``
+for one rank's pairs of the sampler plan, median over 200 batches) against the median
+1- and 2-rank step times (each rank collates its own pairs, so both pay the same).
 
     python bench/train_throughput.py [--config configs/tiny.yaml] [--steps 60] [--rounds 5]
 """
@@ -64,6 +68,37 @@ def gather_child(per_rank: int, dim: int, repeats: int) -> None:
     dist.destroy_process_group()
 
 
+def collation_ms(config: str, overrides: list[str], per_rank: int, batches: int = 200) -> float:
+    """Median ms of reading and padding one rank's pairs, as ``Engine.fit`` does per step."""
+    from hbt import dist as hdist
+    from hbt.config import load_config
+    from hbt.data.tokenize import PairCollator, TextSpec, TokenizedCorpus
+    from hbt.sampler import HybridBatchSampler, LanguageIndex
+    from hbt.train import build_model, split_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(config, [*overrides, f"run.dir={tmp}/run", f"data.cache_dir={tmp}/cache", f"train.batch_size={per_rank}"])
+        corpus, _ = split_data(cfg)
+        env = hdist.DistEnv(rank=0, world_size=1, local_rank=0, master_addr="", master_port=0, launcher="single")
+        _, tokenizer = build_model(cfg, corpus, Path(tmp, "run"), env)
+        m, t = cfg.model, cfg.train
+        data = TokenizedCorpus(corpus, tokenizer, TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length),
+                               cfg.data.cache_dir)
+        collate = PairCollator(pad_id=tokenizer.pad_token_id, hard_negatives=t.hard_negatives)
+        sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), t.sampler(cfg.run.seed))
+        times, epoch = [], 0
+        while len(times) < batches:
+            sampler.set_epoch(epoch)
+            for keys in sampler:
+                tick = time.perf_counter()
+                collate(data.rows(keys, negatives=t.hard_negatives > 0))
+                times.append(time.perf_counter() - tick)
+                if len(times) == batches:
+                    break
+            epoch += 1
+        return 1000 * statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/tiny.yaml")
@@ -92,6 +127,10 @@ def main() -> None:
     step = statistics.median(r["step_ms"] for r in results["2 ranks"])
     print(f"\ncross-rank gather of {args.per_rank} x {dim} embeddings per rank (forward + backward): {gather:.2f} ms "
           f"= {100 * gather / step:.1f} % of the {step:.1f} ms 2-rank step")
+    collation = collation_ms(args.config, args.overrides, args.per_rank)
+    one = statistics.median(r["step_ms"] for r in results["1 rank"])
+    print(f"collation of {args.per_rank} pairs (TokenizedCorpus.rows + PairCollator, median of 200): {collation:.2f} ms "
+          f"= {100 * collation / one:.1f} % of the {one:.1f} ms 1-rank step, {100 * collation / step:.1f} % of the 2-rank step")
 
 
 if __name__ == "__main__":

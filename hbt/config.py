@@ -94,6 +94,7 @@ class TrainConfig:
     symmetric: bool = False  # add the passage -> query term
     hard_negatives: int = 0  # hard negatives per pair (from the data), gathered like passages
     grad_cache_chunk: int | None = None  # GradCache: encode this many texts at a time
+    chunk_tokens: int | None = 512  # encode each side in length-sorted chunks of this many padded tokens; null: one padded pass
     deepspeed: str = "configs/deepspeed/zero0.json"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every: int = 100  # optimizer steps
@@ -140,6 +141,8 @@ class Config:
                     "model.max_query_length": m.max_query_length, "model.max_passage_length": m.max_passage_length}
         if t.grad_cache_chunk is not None:  # null turns GradCache off; 0 would too, silently
             positive["train.grad_cache_chunk"] = t.grad_cache_chunk
+        if t.chunk_tokens is not None:  # null turns chunking off
+            positive["train.chunk_tokens"] = t.chunk_tokens
         for key, value in positive.items():
             if value < 1:
                 raise InputError(key, f"must be >= 1, got {value}")

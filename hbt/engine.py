@@ -27,7 +27,7 @@ from hbt.data.training import TrainingData
 from hbt.dist import DistEnv, all_max, all_mean
 from hbt.errors import InputError
 from hbt.loss import ContrastiveLoss, grad_cache_step
-from hbt.model import BiEncoder
+from hbt.model import BiEncoder, encode_chunked
 from hbt.monitor import Monitor
 from hbt.sampler import HybridBatchSampler
 
@@ -134,8 +134,9 @@ class Engine:
         return self.engine(**{k: v.to(self.engine.device, non_blocking=True) for k, v in part.items()})
 
     def _micro_step(self, batch: dict) -> torch.Tensor:
-        """Forward + backward of one contrastive batch; returns this rank's loss."""
-        chunk = self.cfg.train.grad_cache_chunk
+        """Forward + backward of one contrastive batch; returns this rank's loss. Each side
+        is encoded in length-sorted chunks of ``train.chunk_tokens`` padded tokens."""
+        chunk, budget = self.cfg.train.grad_cache_chunk, self.cfg.train.chunk_tokens
         if chunk:
             boundary = (self.state.micro + 1) % self.cfg.train.grad_accum == 0
 
@@ -143,9 +144,9 @@ class Engine:
                 self.engine.set_gradient_accumulation_boundary(last and boundary)
                 self.engine.backward(surrogate)
 
-            return grad_cache_step(self._encode, backward, self.loss_fn, batch, chunk)
-        negatives = self._encode(batch["negatives"]) if "negatives" in batch else None
-        loss = self.loss_fn(self._encode(batch["query"]), self._encode(batch["passage"]), negatives)
+            return grad_cache_step(self._encode, backward, self.loss_fn, batch, chunk, budget)
+        encoded = {name: encode_chunked(self._encode, part, budget) for name, part in batch.items()}
+        loss = self.loss_fn(encoded["query"], encoded["passage"], encoded.get("negatives"))
         self.engine.backward(loss)
         return loss.detach()
 

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from hbt.model import in_batch_order, length_chunks, take
+
 try:
     from torch.distributed._functional_collectives import all_gather_single_autograd
 except ImportError:  # older torch: the classic autograd all-gather below
@@ -89,34 +91,36 @@ Encode = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 Backward = Callable[[torch.Tensor, bool], None]
 
 
-def _chunks(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-    n = batch["input_ids"].shape[0]
-    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
-
-
-def grad_cache_step(encode: Encode, backward: Backward, loss_fn: ContrastiveLoss, batch: dict, chunk: int) -> torch.Tensor:
+def grad_cache_step(encode: Encode, backward: Backward, loss_fn: ContrastiveLoss, batch: dict, chunk: int,
+                    max_tokens: int | None = None) -> torch.Tensor:
     """One contrastive batch with GradCache (Gao et al., 2021): embed every chunk without
     a graph, take the loss and its gradient w.r.t. the embeddings, then re-embed chunk by
     chunk with a graph and backpropagate the cached gradient. Memory grows with the chunk,
     not the batch; gradients equal the plain step's. ``backward(surrogate, is_last)``
-    is the engine's backward (DeepSpeed needs to know which call ends the step)."""
+    is the engine's backward (DeepSpeed needs to know which call ends the step).
+
+    With ``max_tokens`` the chunks are length-sorted (at most ``chunk`` texts and
+    ``max_tokens`` padded tokens each, see :func:`hbt.model.length_chunks`) and each is
+    cut to its own longest text; the embeddings are put back in batch order before the
+    loss, so its gradient rows are found by the chunk's row indices."""
     parts = [name for name in ("query", "passage", "negatives") if name in batch]
-    chunked = {name: _chunks(batch[name], chunk) for name in parts}
+    plans = {name: length_chunks(batch[name]["attention_mask"], max_tokens, chunk) for name in parts}
     states: dict[str, list[dict]] = {name: [] for name in parts}
     embeddings = {}
     with torch.no_grad():
         for name in parts:
             outs = []
-            for piece in chunked[name]:
+            for rows in plans[name]:
                 states[name].append(_rng_state())
-                outs.append(encode(piece))
-            embeddings[name] = torch.cat(outs).requires_grad_()
+                outs.append(encode(take(batch[name], rows)))
+            embeddings[name] = in_batch_order(outs, plans[name]).requires_grad_()
     loss = loss_fn(embeddings["query"], embeddings["passage"], embeddings.get("negatives"))
     loss.backward()
-    pending = [(name, i) for name in parts for i in range(len(chunked[name]))]
+    pending = [(name, i) for name in parts for i in range(len(plans[name]))]
     for n, (name, i) in enumerate(pending):
-        grad = embeddings[name].grad[i * chunk:(i + 1) * chunk]
+        rows = plans[name][i]
+        grad = embeddings[name].grad[rows.to(embeddings[name].device)]
         with _replayed_rng(states[name][i]):
-            surrogate = (encode(chunked[name][i]) * grad).sum()
+            surrogate = (encode(take(batch[name], rows)) * grad).sum()
         backward(surrogate, n == len(pending) - 1)
     return loss.detach()

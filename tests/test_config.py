@@ -36,7 +36,7 @@ def test_overrides_are_typed_yaml_values() -> None:
     ("train.nope=1", "train.nope"), ("model.tiny.layers=two", "model.tiny.layers"), ("train.symmetric=3", "train.symmetric"),
     ("train.mix=sometimes", "train.mix"), ("train.warmup_ratio=1", "train.warmup_ratio"), ("model.dropout=1.5", "model.dropout"),
     ("train=3", "train"), ("alpha", "override"),
-    ("train.grad_cache_chunk=0", "train.grad_cache_chunk"), ("train.lr=inf", "train.lr"), ("train.lr=.nan", "train.lr"),
+    ("train.grad_cache_chunk=0", "train.grad_cache_chunk"), ("train.chunk_tokens=0", "train.chunk_tokens"), ("train.lr=inf", "train.lr"), ("train.lr=.nan", "train.lr"),
     ("train.temperature=-.inf", "train.temperature"), ("train.log_every=5", "train.log_every"),
 ])
 def test_bad_overrides_name_the_key(override: str, where: str) -> None:

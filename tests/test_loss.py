@@ -1,7 +1,8 @@
 """The cross-rank contrastive loss: 2 and 3 gloo processes, each with a slice of the
 contrastive batch, give the loss and parameter gradients of one process with all of it.
 Also: GradCache gives the plain step's gradients, and hard negatives and the symmetric
-term take part in both."""
+term take part in both; encoding in length-sorted chunks (plain and GradCache) changes
+neither the loss nor the gradients."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import torch.multiprocessing as mp
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
 from hbt.loss import ContrastiveLoss, grad_cache_step
-from hbt.model import BiEncoder
+from hbt.model import BiEncoder, encode_chunked, length_chunks
 
 BATCH, NEGS = 12, 6  # divisible by 1, 2 and 3 ranks
+CHUNK_TOKENS = 40  # on fake_batch's lengths (4-16): chunks of 2 to 10 texts, each its own width
 
 
 def tiny_model() -> BiEncoder:
@@ -43,8 +45,10 @@ def shard(batch: dict, rank: int, world: int) -> dict:
     return {name: {k: v.chunk(world)[rank] for k, v in part.items()} for name, part in batch.items()}
 
 
-def loss_and_grads(rank: int, world: int, symmetric: bool, negatives: bool, grad_cache: int | None) -> tuple[float, dict]:
-    """This rank's view: local loss and gradients averaged over ranks (what DDP/ZeRO do)."""
+def loss_and_grads(rank: int, world: int, symmetric: bool, negatives: bool, grad_cache: int | None,
+                   chunk_tokens: int | None = None) -> tuple[float, dict]:
+    """This rank's view: local loss and gradients averaged over ranks (what DDP/ZeRO do).
+    ``chunk_tokens=None`` is the reference: each side in one padded pass, no sorting."""
     model = tiny_model()
     batch = shard(fake_batch(), rank, world)
     if not negatives:
@@ -52,10 +56,10 @@ def loss_and_grads(rank: int, world: int, symmetric: bool, negatives: bool, grad
     loss_fn = ContrastiveLoss(temperature=0.05, symmetric=symmetric)
     encode = lambda part: model(**part)  # noqa: E731
     if grad_cache:
-        loss = grad_cache_step(encode, lambda surrogate, last: surrogate.backward(), loss_fn, batch, grad_cache)
+        loss = grad_cache_step(encode, lambda surrogate, last: surrogate.backward(), loss_fn, batch, grad_cache, chunk_tokens)
     else:
-        loss = loss_fn(encode(batch["query"]), encode(batch["passage"]),
-                       encode(batch["negatives"]) if negatives else None)
+        sides = {name: encode_chunked(encode, part, chunk_tokens) for name, part in batch.items()}
+        loss = loss_fn(sides["query"], sides["passage"], sides.get("negatives"))
         loss.backward()
     loss = loss.detach()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -115,6 +119,41 @@ def test_grad_cache_equals_plain_step(case: dict) -> None:
     loss, grads = loss_and_grads(0, 1, grad_cache=5, **case)
     assert abs(loss - ref_loss) <= 1e-5
     assert max_diff(grads, ref_grads) <= 1e-5
+
+
+def test_length_chunks_sort_and_fit_the_budget() -> None:
+    """The chunks partition the batch, longest first, each within the token budget at its
+    own width (or a single text) and within GradCache's text count; so fake_batch really
+    is encoded in several chunks of different widths by the equivalence tests below."""
+    mask = fake_batch()["passage"]["attention_mask"]
+    lengths = mask.sum(1)
+    for max_texts in (None, 3):
+        chunks = length_chunks(mask, CHUNK_TOKENS, max_texts)
+        order = torch.cat(chunks)
+        assert sorted(order.tolist()) == list(range(BATCH))
+        assert lengths[order].tolist() == sorted(lengths.tolist(), reverse=True)
+        widths = [int(lengths[rows].max()) for rows in chunks]
+        assert all(len(rows) * w <= CHUNK_TOKENS or len(rows) == 1 for rows, w in zip(chunks, widths))
+        assert all(len(rows) <= (max_texts or BATCH) for rows in chunks)
+        assert len(set(widths)) > 2
+    assert [c.tolist() for c in length_chunks(mask, None, 5)] == [list(range(5)), list(range(5, 10)), [10, 11]]
+
+
+@pytest.mark.parametrize("grad_cache", [None, 5], ids=["plain", "grad-cache"])
+@pytest.mark.parametrize("case", CASES, ids=["plain", "symmetric+hard-negatives"])
+def test_length_sorted_chunks_give_the_unchunked_loss_and_gradients(case: dict, grad_cache: int | None) -> None:
+    ref_loss, ref_grads = loss_and_grads(0, 1, grad_cache=None, **case)
+    loss, grads = loss_and_grads(0, 1, grad_cache=grad_cache, chunk_tokens=CHUNK_TOKENS, **case)
+    assert abs(loss - ref_loss) <= 1e-5
+    assert max_diff(grads, ref_grads) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad_cache", [None, 4], ids=["plain", "grad-cache"])
+def test_length_sorted_chunks_across_ranks_equal_single_process(grad_cache: int | None) -> None:
+    ref_loss, ref_grads = loss_and_grads(0, 1, grad_cache=None, symmetric=True, negatives=True)
+    loss, grads = run_world(2, grad_cache=grad_cache, chunk_tokens=CHUNK_TOKENS, symmetric=True, negatives=True)
+    assert abs(loss - ref_loss) <= 1e-5 and max_diff(grads, ref_grads) <= 1e-5
 
 
 @pytest.mark.slow
