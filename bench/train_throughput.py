@@ -8,10 +8,11 @@ reads samples/s from its metrics.jsonl, skipping the first ``--warmup`` steps. T
 number of pairs; efficiency = (2-rank samples/s) / (2 x 1-rank samples/s). The gather
 share times the loss's own gather (hbt.loss.gather_with_grad: all-gather forward,
 reduce-scatter backward) on 2 ranks for the embeddings of one step, median of 200
-repeats, against the median 2-rank step time. The collation share times what the
-training loop does before each step today (``TokenizedCorpus.rows`` + ``PairCollator``
-for one rank's pairs of the sampler plan, median over 200 batches) against the median
-1- and 2-rank step times (each rank collates its own pairs, so both pay the same).
+repeats, against the median 2-rank step time. Collation (reading one rank's pairs from
+the table, tokenising, padding: ``RankBatches[b]``, median over 200 batches) runs in a
+DataLoader worker while the step computes; what the step still pays is ``data_wait``
+in metrics.jsonl (the share of the step spent waiting for its batch), reported per
+rank count, beside what collation would cost inline.
 
     python bench/train_throughput.py [--config configs/tiny.yaml] [--steps 60] [--rounds 5]
 """
@@ -42,7 +43,9 @@ def run(config: str, ranks: int, per_rank: int, steps: int, warmup: int, extra: 
         subprocess.run(cmd, check=True, capture_output=True, env=env)
         records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
         rate = statistics.median(r["samples_per_s"] for r in records[warmup:])
-        return {"samples_per_s": rate, "per_rank_samples_per_s": rate / ranks, "step_ms": 1000 * per_rank * ranks / rate}
+        wait = statistics.median(r["data_wait"] for r in records[warmup:])
+        return {"samples_per_s": rate, "per_rank_samples_per_s": rate / ranks, "step_ms": 1000 * per_rank * ranks / rate,
+                "data_wait_pct": 100 * wait}
 
 
 def gather_child(per_rank: int, dim: int, repeats: int) -> None:
@@ -69,32 +72,30 @@ def gather_child(per_rank: int, dim: int, repeats: int) -> None:
 
 
 def collation_ms(config: str, overrides: list[str], per_rank: int, batches: int = 200) -> float:
-    """Median ms of reading and padding one rank's pairs, as ``Engine.fit`` does per step."""
+    """Median ms to read, tokenise and pad one rank's pairs (``RankBatches[b]``), the work
+    a DataLoader worker does per step."""
     from hbt import dist as hdist
+    from hbt.batches import RankBatches
     from hbt.config import load_config
-    from hbt.data.tokenize import PairCollator, TextSpec, TokenizedCorpus
-    from hbt.sampler import HybridBatchSampler, LanguageIndex
-    from hbt.train import build_model, split_data
+    from hbt.data.tokenize import PairTokenizer, TextSpec
+    from hbt.train import build_model, sampler_for, training_data
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, [*overrides, f"run.dir={tmp}/run", f"data.cache_dir={tmp}/cache", f"train.batch_size={per_rank}"])
-        corpus, _ = split_data(cfg)
+        data = training_data(cfg)
         env = hdist.DistEnv(rank=0, world_size=1, local_rank=0, master_addr="", master_port=0, launcher="single")
-        _, tokenizer = build_model(cfg, corpus, Path(tmp, "run"), env)
+        _, tokenizer = build_model(cfg, data, Path(tmp, "run"), env)
         m, t = cfg.model, cfg.train
-        data = TokenizedCorpus(corpus, tokenizer, TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length),
-                               cfg.data.cache_dir)
-        collate = PairCollator(pad_id=tokenizer.pad_token_id, hard_negatives=t.hard_negatives)
-        sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), t.sampler(cfg.run.seed))
+        tokenize = PairTokenizer(tokenizer, TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length),
+                                 t.hard_negatives)
+        sampler = sampler_for(cfg, data)
         times, epoch = [], 0
         while len(times) < batches:
-            sampler.set_epoch(epoch)
-            for keys in sampler:
+            rank = RankBatches(sampler.plan(epoch), 0, per_rank, data, tokenize)
+            for b in range(min(len(rank), batches - len(times))):
                 tick = time.perf_counter()
-                collate(data.rows(keys, negatives=t.hard_negatives > 0))
+                rank[b]
                 times.append(time.perf_counter() - tick)
-                if len(times) == batches:
-                    break
             epoch += 1
         return 1000 * statistics.median(times)
 
@@ -120,7 +121,8 @@ def main() -> None:
           f"({args.warmup} warm-up), medians of {args.rounds} rounds, 1 and 2 ranks alternating\n")
     runner = partial(run, args.config, per_rank=args.per_rank, steps=args.steps, warmup=args.warmup, extra=args.overrides)
     results = alternate({"1 rank": partial(runner, 1), "2 ranks": partial(runner, 2)}, args.rounds)
-    print(median_table(results, {"samples_per_s": "samples/s", "per_rank_samples_per_s": "samples/s per rank", "step_ms": "step ms"},
+    print(median_table(results, {"samples_per_s": "samples/s", "per_rank_samples_per_s": "samples/s per rank", "step_ms": "step ms",
+                                 "data_wait_pct": "step % waiting for data"},
                        ratios=["samples_per_s", "per_rank_samples_per_s"], label="ranks", runs_of="samples_per_s", digits=0))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
     gather = child([*torchrun, "--gather-child", str(args.per_rank), str(dim)], env={"OMP_NUM_THREADS": "1"})["gather_ms"]
@@ -129,8 +131,9 @@ def main() -> None:
           f"= {100 * gather / step:.1f} % of the {step:.1f} ms 2-rank step")
     collation = collation_ms(args.config, args.overrides, args.per_rank)
     one = statistics.median(r["step_ms"] for r in results["1 rank"])
-    print(f"collation of {args.per_rank} pairs (TokenizedCorpus.rows + PairCollator, median of 200): {collation:.2f} ms "
-          f"= {100 * collation / one:.1f} % of the {one:.1f} ms 1-rank step, {100 * collation / step:.1f} % of the 2-rank step")
+    print(f"collation of {args.per_rank} pairs (RankBatches[b]: read, tokenise, pad; median of 200): {collation:.2f} ms, "
+          f"{100 * collation / one:.1f} % of the {one:.1f} ms 1-rank step if done inline; it runs in a DataLoader worker "
+          f"(data.num_workers), so the step pays only the 'waiting for data' column")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import torch
 
 from hbt import signals
 from hbt.signals import EXIT_PREEMPTED, Preempted, stop_requested  # noqa: F401  (EXIT_PREEMPTED: the CLI's)
+from hbt.batches import RankBatches, stream
 from hbt.checkpoint import Checkpointer
 from hbt.config import Config, TrainConfig
-from hbt.batches import RankBatches, stream
 from hbt.data.tokenize import PairTokenizer
 from hbt.data.training import TrainingData
 from hbt.dist import DistEnv, all_max, all_mean
