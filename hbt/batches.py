@@ -11,6 +11,7 @@ follows what was trained on, not how far the workers have read ahead.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Iterator
 
@@ -58,6 +59,8 @@ def stream(batches: RankBatches, start: int, workers: int, prefetch: int) -> Ite
     """``(b, batch, waited)`` for ``b`` from ``start`` to the end of the epoch, prepared by
     ``workers`` processes (0: in this one); ``waited`` is the seconds the caller spent
     waiting for the batch (the data path's share of the step: ~0 when workers keep up)."""
+    if workers:  # the fast tokenizer's own threads must not be used across the fork (it would warn and disable them)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Its own generator: a DataLoader iterator otherwise draws its workers' base seed from
     # the global torch RNG, which would shift the dropout masks of a resumed run.
     loader = DataLoader(batches, sampler=range(start, len(batches)), batch_size=None, num_workers=workers,
