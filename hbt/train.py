@@ -15,6 +15,7 @@ import yaml
 from hbt import dist as hdist
 from hbt import fingerprint as run_fingerprint
 from hbt import signals
+from hbt.card import write_card
 from hbt.config import Config, save_config
 from hbt.data import load_corpus
 from hbt.data.tokenize import PairTokenizer, TextSpec, tokenizer_fingerprint
@@ -157,7 +158,15 @@ def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Pa
         print("no evaluation data (set eval.data or data.holdout_titles): training only", file=sys.stderr)
     engine.fit(evaluator)
     export_model(engine, tokenizer, run_dir / "model", env)
+    if env.is_main:
+        write_card(run_dir / "model", cfg, data.languages, engine.state.step, last_evaluation(run_dir))
     return run_dir
+
+
+def last_evaluation(run_dir: Path) -> Path | None:
+    """The directory of the run's newest evaluation (the one after the last step)."""
+    done = sorted((run_dir / "eval").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    return done[-1].parent if done else None
 
 
 def _zero3(engine) -> bool:

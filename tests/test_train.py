@@ -87,6 +87,21 @@ def test_export_loads_in_sentence_transformers_with_the_same_vectors(single_run:
     assert np.abs(mine - st).max() < 1e-5
 
 
+def test_export_carries_a_model_card(single_run: Path) -> None:
+    """README.md: the hub's metadata header, then the training and the final evaluation."""
+    import yaml
+
+    card = (single_run / "model" / "README.md").read_text()
+    _, header, body = card.split("---\n", 2)
+    meta = yaml.safe_load(header)
+    assert meta["library_name"] == "sentence-transformers" and meta["pipeline_tag"] == "sentence-similarity"
+    assert meta["language"] == ["el", "en", "ru"] and "base_model" not in meta  # the tiny preset has no hub id
+    assert "hybrid (alpha 0.5" in body and "| steps | 12 optimizer steps, contrastive batch 16" in body
+    final = json.loads((single_run / "eval" / "step-12" / "metrics.json").read_text())["summary"]
+    assert f"{final['mono_map']:.4f}" in body and "(cross_heatmap.png)" in body
+    assert (single_run / "model" / "cross_heatmap.png").exists()
+
+
 def test_two_ranks_under_every_zero_stage_match_one_process(tmp_path: Path, single_run: Path) -> None:
     """The same global batches and an exact cross-rank loss: 2 ranks train like 1."""
     reference = losses(single_run)
