@@ -34,7 +34,8 @@ from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig
 
 
 def cached_pass(data, tokenizer, spec: TextSpec, num_proc: int, cache: Path) -> float:
-    table = data.table.select_columns(["query", "positive"])
+    (table,) = data.tables
+    table = table.select_columns(["query", "positive"])
     tick = time.perf_counter()
     table.map(lambda b: {"q": tokenizer(b["query"], truncation=True, max_length=spec.max_query_length)["input_ids"],
                          "p": tokenizer(b["positive"], truncation=True, max_length=spec.max_passage_length)["input_ids"]},

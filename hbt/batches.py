@@ -2,7 +2,7 @@
 
 The sampler plans every global contrastive batch; this module turns batch ``b`` of an
 epoch into what one rank feeds its encoder: the rank's slice of the pairs, their texts
-read from the memory-mapped table (one Arrow ``take`` per column), tokenised and padded.
+read from the memory-mapped tables (``fast_gather``), tokenised and padded.
 A ``torch.utils.data.DataLoader`` does that in ``data.num_workers`` processes, each
 ``data.prefetch`` batches ahead, so reading, tokenising and collating are off the step's
 critical path. Batches arrive tagged with their index: the engine's resume cursor

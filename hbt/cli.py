@@ -46,11 +46,12 @@ def _data_sampler(args: argparse.Namespace):
     """The training data and the sampler that ``hbt data sample`` and ``hbt data plan`` share."""
     from hbt.sampler import HybridBatchSampler, SamplerConfig
 
-    data, index = _training_index(args.path, args.cache_dir)
     cfg = SamplerConfig(
         batch_size=args.batch_size, alpha=args.alpha, mix=args.mix, language_policy=args.language_policy,
         language_temperature=args.language_temperature, remainder=args.remainder, seed=args.seed,
     )
+    cfg.validate()  # before reading any data: a typo costs a second, not an index build
+    data, index = _training_index(args.path, args.cache_dir)
     return data, HybridBatchSampler(index, cfg)
 
 

@@ -32,7 +32,7 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    train: str | None = "synthetic"  # one source: shards (dir/glob), save_to_disk dir, hf:NAME, LAReQA, .jsonl, synthetic[:...]
+    train: str | None = None  # one source: shards (dir/glob), save_to_disk dir, hf:NAME, LAReQA, .jsonl, synthetic[:...]; default synthetic
     sources: list[Source] | None = None  # a mixture instead of train (docs/data.md)
     holdout_titles: str | float | None = None  # fraction, "Title1,Title2", or @file (one source only)
     holdout_seed: int = 0  # picks a fractional hold-out; apart from run.seed, so seeds share one test set
@@ -43,11 +43,9 @@ class DataConfig:
     def source_list(self) -> list[Source]:
         """``sources``, or the one source ``train`` names."""
         if self.sources is not None and self.train is not None:
-            raise InputError("data.sources", "set data.train or data.sources, not both (data.train=null with a mixture)")
+            raise InputError("data.sources", "set data.train or data.sources, not both")
         if self.sources is None:
-            if self.train is None:
-                raise InputError("data.train", "no training data: set data.train or data.sources")
-            return [Source(path=self.train)]
+            return [Source(path=self.train or "synthetic")]
         return self.sources
 
 
@@ -161,8 +159,10 @@ class Config:
         self.eval.setting_list()
         if self.eval.k < 1 or self.eval.batch_size < 1:
             raise InputError("eval", "k and batch_size must be >= 1")
-        if self.data.num_workers < 0 or self.data.prefetch < 1:
-            raise InputError("data", "num_workers must be >= 0 and prefetch >= 1")
+        if self.data.num_workers < 0:
+            raise InputError("data.num_workers", f"must be >= 0, got {self.data.num_workers}")
+        if self.data.prefetch < 1:
+            raise InputError("data.prefetch", f"must be >= 1, got {self.data.prefetch}")
         self.data.source_list()
         holdout = self.data.holdout_titles
         if isinstance(holdout, float) and not 0 < holdout < 1:

@@ -17,8 +17,8 @@ import torch
 
 # Config keys a resumed run may change: they do not alter the trained weights, or (the
 # paths of the data, the model and the DeepSpeed JSON) their content is fingerprinted instead.
-OPERATIONAL = ("run.dir", "run.dist_timeout_min", "data.cache_dir", "train.checkpoint_every", "train.keep_checkpoints",
-               "data.train", "model.name", "train.deepspeed")
+OPERATIONAL = ("run.dir", "run.dist_timeout_min", "data.cache_dir", "data.num_workers", "data.prefetch",
+               "train.checkpoint_every", "train.keep_checkpoints", "data.train", "model.name", "train.deepspeed")
 OPERATIONAL_SECTIONS = ("eval.",)
 FILE = "fingerprint.json"
 

@@ -498,12 +498,12 @@ class _Planner:
                 keep[drop] = False
         return perm[keep[perm]]
 
-    def _kinds(self, epoch: int, n: int, stream: tuple[int, ...]) -> np.ndarray:
+    def _kinds(self, epoch: int, n: int, stream: tuple[int, ...], alpha: float) -> np.ndarray:
         """True for monolingual: a shuffled exact mix, or a Bernoulli draw per batch."""
         rng = np.random.default_rng([self.cfg.seed, epoch, 1, *stream])
         if self.cfg.mix == "bernoulli":
-            return rng.random(n) < self.cfg.alpha
-        return rng.permutation(np.arange(n) < mono_count(self.cfg.alpha, n))
+            return rng.random(n) < alpha
+        return rng.permutation(np.arange(n) < mono_count(alpha, n))
 
     def _cross_languages(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Per item, the query language (a draw with the policy's weights among its
@@ -539,9 +539,16 @@ class _Planner:
         order = self._order(epoch, np.asarray(carried, dtype=np.int64))
         cross = self._cross_languages(epoch) if self.cfg.alpha < 1 else (None, None)
         if not self.cfg.same_source or len(idx.sources) == 1:
-            parts = [self._fill(order, epoch, (), cross)]
+            parts = [self._fill(order, epoch, (), cross, self.cfg.alpha)]
         else:
-            parts = [self._fill(order[idx.source[order] == s], epoch, (s,), cross) for s in range(len(idx.sources))]
+            parts = []
+            for s in range(len(idx.sources)):
+                members = order[idx.source[order] == s]
+                # A source that cannot fill a cross-lingual batch (e.g. English only) makes
+                # monolingual batches only; an exact mix would cut it to round(alpha * 1).
+                can_cross = int((idx.n_langs[members] >= 2).sum()) >= self.cfg.batch_size
+                alpha = self.cfg.alpha if can_cross or self.cfg.alpha == 0 else 1.0
+                parts.append(self._fill(members, epoch, (s,), cross, alpha))
         mono, items, qlang, plang = (np.concatenate([p[k] for p in parts]) for k in range(4))
         if len(parts) > 1:
             shuffle = np.random.default_rng([self.cfg.seed, epoch, 5]).permutation(len(mono))
@@ -551,11 +558,12 @@ class _Planner:
         return EpochPlan(idx.languages, mono, items, qlang, plang, order[~in_plan[order]])
 
     def _fill(self, order: np.ndarray, epoch: int, stream: tuple[int, ...],
-              cross: tuple[np.ndarray | None, np.ndarray | None]) -> tuple[np.ndarray, ...]:
-        """Batches from the items of ``order`` (``mono``, ``items``, ``qlang``, ``plang``)."""
+              cross: tuple[np.ndarray | None, np.ndarray | None], alpha: float) -> tuple[np.ndarray, ...]:
+        """Batches from the items of ``order`` (``mono``, ``items``, ``qlang``, ``plang``),
+        ``alpha`` of them monolingual."""
         cfg, idx, size = self.cfg, self.index, self.cfg.batch_size
         n_max = len(order) // size
-        kinds = self._kinds(epoch, n_max, stream)
+        kinds = self._kinds(epoch, n_max, stream, alpha)
         n_lang = len(idx.languages)
         items = np.zeros((n_max, size), dtype=np.int64)
         qlang = np.zeros((n_max, size), dtype=idx.langs.dtype)
@@ -574,7 +582,7 @@ class _Planner:
             remaining_multi = int((idx.n_langs[order] >= 2).sum())
             lang_rng = np.random.default_rng([cfg.seed, epoch, 2, *stream])
             calls = 0  # a fresh stamp per take() (for ``seen``)
-            dead = {True: cfg.alpha == 0, False: cfg.alpha == 1}
+            dead = {True: alpha == 0, False: alpha == 1}
             made = {True: 0, False: 0}
             target: int | None = None  # exact mix: batches of the live kind still worth making
             for b in range(n_max):
@@ -609,8 +617,8 @@ class _Planner:
                     if dead[not kind]:
                         break
                     # the longest exact epoch now has at most this many of the other kind
-                    n_best = longest_exact_epoch(cfg.alpha, *((made[True], n_max) if kind else (n_max, made[False])))
-                    target = n_best - mono_count(cfg.alpha, n_best) if kind else mono_count(cfg.alpha, n_best)
+                    n_best = longest_exact_epoch(alpha, *((made[True], n_max) if kind else (n_max, made[False])))
+                    target = n_best - mono_count(alpha, n_best) if kind else mono_count(alpha, n_best)
                     if made[not kind] >= target:
                         break
                     continue
@@ -624,9 +632,9 @@ class _Planner:
                     break
         keep = np.ones(rows, dtype=bool)
         if cfg.mix == "exact" and rows:
-            n = longest_exact_epoch(cfg.alpha, int(mono[:rows].sum()), int((~mono[:rows]).sum()))
-            for kind, surplus in ((True, int(mono[:rows].sum()) - mono_count(cfg.alpha, n)),
-                                  (False, int((~mono[:rows]).sum()) - (n - mono_count(cfg.alpha, n)))):
+            n = longest_exact_epoch(alpha, int(mono[:rows].sum()), int((~mono[:rows]).sum()))
+            for kind, surplus in ((True, int(mono[:rows].sum()) - mono_count(alpha, n)),
+                                  (False, int((~mono[:rows]).sum()) - (n - mono_count(alpha, n)))):
                 if surplus > 0:  # drop the last batches of the kind in surplus
                     keep[np.flatnonzero(mono[:rows] == kind)[-surplus:]] = False
         kept = np.flatnonzero(keep)
@@ -652,8 +660,9 @@ def _segment_argmin(values: np.ndarray, offsets: np.ndarray, lens: np.ndarray) -
 
 
 class HybridBatchSampler:
-    """A batch sampler (for ``DataLoader(batch_sampler=...)``) yielding this rank's slice
-    of every contrastive batch, as ``(item index, query language, passage language)`` keys.
+    """The epoch plans and this rank's place in them (:mod:`hbt.batches` turns batch ``b``
+    into token ids); iterating yields this rank's slice of every contrastive batch as
+    ``(item index, query language, passage language)`` keys.
 
     Call :meth:`set_epoch` before each epoch; :meth:`state_dict` /
     :meth:`load_state_dict` resume mid-epoch (the cursor counts contrastive batches).

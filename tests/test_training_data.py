@@ -81,6 +81,28 @@ def test_every_format_gives_the_same_items_and_languages(tmp_path: Path) -> None
         assert data.fingerprint != reference.fingerprint or path == tmp_path / "saved"
 
 
+def test_sources_with_different_optional_columns_mix(tmp_path: Path) -> None:
+    """A source with hard negatives and titles beside one without: each keeps its own
+    columns; reads give the missing ones as empty negatives."""
+    plain = [{k: v for k, v in r.items() if k != "title"} for r in rows_of("synthetic:items=100,languages=2,seed=3")]
+    sources = [Source(path="synthetic:items=100,languages=2,seed=1", name="syn"),
+               Source(path=str(write_parquet(plain, tmp_path / "plain")), name="plain")]
+    data = load_training_data(sources, str(tmp_path / "cache"))
+    first = data.rows[data.offsets[:-1][data.source == 0][:1]]
+    last = data.rows[data.offsets[:-1][data.source == 1][:1]]
+    assert data.column("negatives", np.r_[first, last]) == [[], []]
+    assert data.column("title", np.r_[first, last])[1] is None and data.missing_negatives() == len(data.rows)
+
+
+@pytest.mark.parametrize("sources, holdout, message", [
+    ([Source(path="synthetic"), Source(path="synthetic:seed=2")], 0.2, "data.holdout_titles"),
+    ([Source(path="synthetic", name="a"), Source(path="synthetic:seed=2", name="a")], None, "two sources named 'a'"),
+])
+def test_mixture_config_errors(tmp_path: Path, sources, holdout, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        load_training_data(sources, str(tmp_path / "cache"), holdout=holdout)
+
+
 def test_column_mapping_and_missing_columns(tmp_path: Path) -> None:
     rows = rows_of()
     folder = write_parquet(rows, tmp_path / "pq", rename={"id": "qid", "positive": "answer"})
@@ -169,6 +191,9 @@ def test_mixture_batches_are_pure_and_same_source_keeps_sources_apart(tmp_path: 
         if same_source:
             assert mixed == 0
     assert same_source or mixed > 0
+    english = set(np.flatnonzero(data.source == 1).tolist())
+    used = set(sampler.plan(0).items.ravel().tolist()) & english
+    assert len(used) >= (300 - 16 if same_source else 200)  # English-only items fill monolingual batches (not ~1 batch)
 
 
 def test_source_weight_uses_a_fresh_share_of_its_items_each_epoch(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ class Corpus:
         return sorted({item.title for item in self.items})
 
     def fingerprint(self) -> str:
-        """A content hash: equal corpora share tokenisation caches, changed ones never do."""
+        """A content hash: equal corpora share cached indexes, changed ones never do (and a resume notices)."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             for item in self.items:

@@ -2,8 +2,8 @@
 
 A run trains on one or more *sources* (a Parquet shard directory, the built-in
 synthetic corpus, XQuAD-R, ...). Each becomes a memory-mapped table
-(:mod:`hbt.data.table`); together they are one concatenated table whose rows the
-sampler never sees. What it sees are compact numpy arrays, one entry per (item,
+(:mod:`hbt.data.table`), with its own optional columns; row ``r`` of the run is row
+``r - row_starts[s]`` of source ``s``. The sampler never sees the tables. What it sees are compact numpy arrays, one entry per (item,
 language) *pair* (an item's pairs are contiguous, languages ascending):
 
 * ``rows``: the table row of the pair, where its texts are read at training time;
@@ -50,7 +50,8 @@ _HASH_CHUNK = 1 << 20  # rows hashed per pandas call: bounded memory for the Pyt
 
 @dataclass
 class TrainingData:
-    table: datasets.Dataset  # every source's rows, concatenated (memory-mapped where the source is)
+    tables: list[datasets.Dataset]  # per source (memory-mapped where the source is)
+    row_starts: np.ndarray  # per source, its first row in the run's numbering
     languages: list[str]
     source_names: list[str]
     weights: np.ndarray  # per source
@@ -75,14 +76,24 @@ class TrainingData:
         return self.column("id", self.rows[self.offsets[np.asarray(items, dtype=np.int64)]])
 
     def column(self, name: str, rows: np.ndarray) -> list:
-        """Values of column ``name`` at table ``rows``, in that order. ``fast_gather``
-        binary-searches the chunks and slices them: 0.6 ms for 64 rows of a 10^7-row
-        table, where Arrow's ``take`` on the chunked column first concatenated it (1.4 s
-        and a copy of the column; hbt never ``select``s the table, so rows are its own)."""
+        """Values of column ``name`` at ``rows``, in that order; a source without an
+        optional column gives empty lists (``negatives``) or None. ``fast_gather``
+        binary-searches a table's chunks and slices them: 0.6 ms for 64 rows of a
+        10^7-row table, where Arrow's ``take`` on the chunked column first concatenated it
+        (1.4 s and a copy of the column). hbt never ``select``s a table, so rows are its own."""
         rows = np.asarray(rows, dtype=np.int64)
-        if not len(rows):
-            return []
-        return self.table.data.fast_gather(rows).column(name).to_pylist()
+        source = np.searchsorted(self.row_starts, rows, side="right") - 1
+        out: list = [None] * len(rows)
+        for s in np.unique(source).tolist():
+            at = np.flatnonzero(source == s)
+            table = self.tables[s]
+            if name in table.column_names:
+                values = table.data.fast_gather(rows[at] - self.row_starts[s]).column(name).to_pylist()
+            else:
+                values = [[] if name == "negatives" else None] * len(at)
+            for i, value in zip(at.tolist(), values):
+                out[i] = value
+        return out
 
     def texts(self, rows: np.ndarray, limit: int | None = None) -> Iterator[str]:
         """Queries and positives of ``rows`` (the tiny preset trains its tokenizer on them)."""
@@ -93,11 +104,12 @@ class TrainingData:
 
     def missing_negatives(self) -> int:
         """Training pairs without a hard negative (``train.hard_negatives`` needs them all)."""
-        if "negatives" not in self.table.column_names:
-            return len(self.rows)
-        lengths = pc.list_value_length(self.table.data.table.column("negatives")).to_numpy(zero_copy_only=False)
-        lengths = np.nan_to_num(lengths.astype(np.float64))  # null lists count as empty
-        return int((lengths[self.rows] == 0).sum())
+        has = np.zeros(int(self.row_starts[-1]) + len(self.tables[-1]), dtype=bool)
+        for start, table in zip(self.row_starts.tolist(), self.tables):
+            if "negatives" in table.column_names:
+                lengths = pc.list_value_length(table.data.table.column("negatives")).to_numpy(zero_copy_only=False)
+                has[start:start + len(table)] = np.nan_to_num(lengths.astype(np.float64)) > 0  # null lists: none
+        return int((~has[self.rows]).sum())
 
 
 # -- building ---------------------------------------------------------------------------
@@ -108,8 +120,9 @@ def _strings(ds: datasets.Dataset, name: str) -> pa.ChunkedArray:
 
 
 def _check_values(ds: datasets.Dataset, where: str) -> None:
-    """No null or empty id, language, query or positive: they would train on nothing."""
-    for name in ("id", "lang", "query", "positive"):
+    """No null or empty id, language, query, positive (they would train on nothing) or
+    title (where the column exists: hold-outs are chosen by it)."""
+    for name in ("id", "lang", "query", "positive", *(["title"] if "title" in ds.column_names else [])):
         column = _strings(ds, name)
         if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
             raise InputError(where, f"column {name!r} should hold strings, not {column.type}")
@@ -230,10 +243,9 @@ def load_training_data(sources: list[Source], cache_dir: str, holdout: str | flo
     barrier()
     meta = json.loads((folder / "meta.json").read_text())
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("offsets", "rows", "langs", "passages", "source")}
-    table = opened[0][0] if len(opened) == 1 else datasets.concatenate_datasets(
-        [ds.cast(opened[0][0].features) if ds.features != opened[0][0].features else ds for ds, _ in opened])
+    row_starts = np.cumsum([0] + [len(ds) for ds, _ in opened[:-1]]).astype(np.int64)
     held_out = _held_out_corpus(*opened[0], held, names[0]) if held else None
-    return TrainingData(table=table, languages=meta["languages"], source_names=names,
+    return TrainingData(tables=[ds for ds, _ in opened], row_starts=row_starts, languages=meta["languages"], source_names=names,
                         weights=np.array([src.weight for src in sources]), fingerprint=key, held_out=held_out,
                         **{k: np.asarray(v) for k, v in arrays.items()})
 
