@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hbt import signals
 from hbt.data.tokenize import PairTokenizer
 from hbt.data.training import TrainingData
 from hbt.sampler import EpochPlan
@@ -65,7 +66,7 @@ def stream(batches: RankBatches, start: int, workers: int, prefetch: int) -> Ite
     # the global torch RNG, which would shift the dropout masks of a resumed run.
     loader = DataLoader(batches, sampler=range(start, len(batches)), batch_size=None, num_workers=workers,
                         prefetch_factor=prefetch if workers else None, persistent_workers=False,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0), worker_init_fn=signals.ignore_in_worker)
     batches_ = iter(loader)
     while True:
         tick = time.perf_counter()

@@ -43,3 +43,13 @@ def stop_requested() -> bool:
 class Preempted(Exception):
     """A stop signal arrived: the run checkpointed (the tag is the message) or had not
     started training and had nothing to save (no message); exit 75 to be requeued."""
+
+
+def ignore_in_worker(_worker_id: int = 0) -> None:
+    """For helper processes (DataLoader workers): leave stop signals to the training
+    process. A launcher that signals every process of a job (torchrun's SIGTERM after a
+    lost rank, Slurm's ``scancel --signal``) would otherwise kill a worker, and its rank
+    would fail with "DataLoader worker is killed" instead of handling the signal; the
+    worker ends with its rank either way."""
+    for sig in (*SIGNALS, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)

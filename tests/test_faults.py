@@ -24,19 +24,24 @@ LOST = "hbt: error: rank 0 of 2: lost rank 1 ("
 
 
 def rank_pid(run_dir: Path, rank: int, variables: tuple[str, ...]) -> int | None:
-    """The pid of the ``hbt train`` process of ``run_dir`` whose launcher variable says ``rank``."""
+    """The pid of the ``hbt train`` process of ``run_dir`` whose launcher variable says
+    ``rank``: the rank itself, not its DataLoader workers (forked, same command line and
+    environment, so told apart by their parent being such a process too)."""
+    found: dict[int, int] = {}  # pid -> parent pid
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
             environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
         if b"train" in cmdline and f"run.dir={run_dir}".encode() in cmdline and b"-m" in cmdline:
             if any(f"{v}={rank}".encode() in environ for v in variables) and cmdline[0].endswith(b"python"):
-                return int(entry.name)
-    return None
+                found[int(entry.name)] = parent
+    ranks = [pid for pid, parent in found.items() if parent not in found]
+    return ranks[0] if len(ranks) == 1 else None
 
 
 def kill_rank_1_mid_training(run_dir: Path, variables: tuple[str, ...], alive, timeout: float = 300) -> float:

@@ -283,4 +283,4 @@ def _write_index(folder: Path, opened: list[tuple[datasets.Dataset, Corpus | Non
         tmp.rename(folder)
     except OSError:  # another process published the same index first
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"hbt: indexed {len(lens):,} items, {len(rows):,} pairs in {len(ordered)} languages -> {folder}", file=sys.stderr)
+    print(f"indexed {len(lens):,} items, {len(rows):,} pairs in {len(ordered)} languages -> {folder}", file=sys.stderr)
