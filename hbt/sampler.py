@@ -379,6 +379,15 @@ class _Queue:
         self.backlog.pop(group, None)
         return None
 
+    def _successors(self, taken: np.ndarray, group: np.ndarray, used: np.ndarray) -> list[int]:
+        """For each taken item, the next waiting item of its group (which steps up to head)."""
+        out = []
+        for item in taken.tolist():
+            nxt = self._next_of(int(group[item]), used)
+            if nxt is not None:
+                out.append(nxt)
+        return out
+
     def _set_heads(self, heads: list[int] | np.ndarray, pos: np.ndarray) -> None:
         heads = np.asarray(heads, dtype=np.int64)
         self.heads = heads[np.argsort(pos[heads], kind="stable")] if len(heads) > 1 else heads
@@ -401,12 +410,7 @@ class _Queue:
                 heads = self.heads
         if len(heads) >= size:
             taken = heads[:size]
-            rest = heads[size:].tolist()
-            for item in taken.tolist():
-                nxt = self._next_of(int(group[item]), used)
-                if nxt is not None:
-                    rest.append(nxt)
-            self._set_heads(rest, pos)
+            self._set_heads(heads[size:].tolist() + self._successors(taken, group, used), pos)
             return taken
         need = size - len(heads)
         if len(heads):
@@ -440,13 +444,7 @@ class _Queue:
         for item in skipped.tolist():
             self.backlog.setdefault(int(group[item]), deque()).append(item)
         taken = np.concatenate([heads, taken_main]) if len(heads) else taken_main
-        new_heads = []
-        if self.backlog:
-            for item in taken.tolist():
-                nxt = self._next_of(int(group[item]), used)
-                if nxt is not None:
-                    new_heads.append(nxt)
-        self._set_heads(new_heads, pos)
+        self._set_heads(self._successors(taken, group, used) if self.backlog else [], pos)
         return taken
 
 

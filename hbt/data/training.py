@@ -119,6 +119,11 @@ def _strings(ds: datasets.Dataset, name: str) -> pa.ChunkedArray:
     return ds.data.table.column(name)
 
 
+def _titles(ds: datasets.Dataset) -> pa.ChunkedArray:
+    """What hold-outs split by: the title column, or the item id where there is none."""
+    return _strings(ds, "title" if "title" in ds.column_names else "id")
+
+
 def _check_values(ds: datasets.Dataset, where: str) -> None:
     """No null or empty id, language, query, positive (they would train on nothing) or
     title (where the column exists: hold-outs are chosen by it)."""
@@ -155,8 +160,7 @@ def _keep_rows(ds: datasets.Dataset, src: Source, where: str, held: set[str]) ->
         wanted = [check_language(x.strip(), f"{where} languages") for x in src.languages.split(",") if x.strip()]
         keep &= pc.is_in(_strings(ds, "lang"), value_set=pa.array(wanted)).to_numpy(zero_copy_only=False)
     if held:
-        titles = _strings(ds, "title" if "title" in ds.column_names else "id")
-        keep &= ~pc.is_in(titles, value_set=pa.array(sorted(held))).to_numpy(zero_copy_only=False)
+        keep &= ~pc.is_in(_titles(ds), value_set=pa.array(sorted(held))).to_numpy(zero_copy_only=False)
     return np.flatnonzero(keep)
 
 
@@ -192,8 +196,7 @@ def _held_out_corpus(ds: datasets.Dataset, corpus: Corpus | None, held: set[str]
     sentence of a LAReQA article), or one built from the held-out rows."""
     if corpus is not None:
         return corpus.subset(held, f"{corpus.name}-heldout")
-    titles = _strings(ds, "title" if "title" in ds.column_names else "id")
-    rows = np.flatnonzero(pc.is_in(titles, value_set=pa.array(sorted(held))).to_numpy(zero_copy_only=False))
+    rows = np.flatnonzero(pc.is_in(_titles(ds), value_set=pa.array(sorted(held))).to_numpy(zero_copy_only=False))
     part = ds.select_columns([c for c in ("id", "lang", "query", "positive", "title") if c in ds.column_names])[rows]
     items: dict[str, Item] = {}
     for n in range(len(rows)):
@@ -206,8 +209,7 @@ def _held_out_corpus(ds: datasets.Dataset, corpus: Corpus | None, held: set[str]
 def _held_titles(ds: datasets.Dataset, corpus: Corpus | None, holdout: str | float | None, seed: int) -> set[str]:
     if holdout is None:
         return set()
-    titles = corpus.titles if corpus is not None else \
-        pc.unique(_strings(ds, "title" if "title" in ds.column_names else "id")).to_pylist()
+    titles = corpus.titles if corpus is not None else pc.unique(_titles(ds)).to_pylist()
     return set(choose_titles(sorted(titles), holdout, seed))
 
 
