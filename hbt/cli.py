@@ -192,7 +192,8 @@ def _mine(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, index=args.index)
     settings.validate()
     report = run_mine(MineArgs(args.model, args.data, Path(args.out), settings, args.pooling, args.query_prefix,
-                               args.passage_prefix, args.max_length, args.format, args.with_scores))
+                               args.passage_prefix, args.max_length, args.format, args.with_scores, args.cache_dir,
+                               args.holdout_titles, args.holdout_seed))
     if int(os.environ.get("RANK", "0")) == 0:
         c = report["counts"]
         print(f"{c['written']:,} of {c['pairs']:,} pairs with hard negatives ({c['short']:,} with fewer than {args.k}, "
@@ -311,7 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
                                            "format (docs/mining.md). Never a candidate the evaluation counts as "
                                            "relevant, nor one with the positive's text.")
     mine.add_argument("--model", required=True, help="encoder directory (an hbt export, or any Hugging Face encoder)")
-    mine.add_argument("--data", required=True, help="LAReQA dir/file, .jsonl or synthetic[:...] (anything with pairs)")
+    mine.add_argument("--data", required=True, help="Parquet/JSONL shards (a directory or a glob), a save_to_disk dir, "
+                      "LAReQA dir/file, .jsonl or synthetic[:...] (anything with pairs)")
+    mine.add_argument("--cache-dir", default=".cache/hbt", help="where shards are converted (data.cache_dir)")
+    mine.add_argument("--holdout-titles", default=None, help="titles to leave out, neither mined nor used as negatives "
+                      "(fraction, list or @file; as data.holdout_titles)")
+    mine.add_argument("--holdout-seed", type=int, default=0, help="seed of a fractional title split (data.holdout_seed)")
     mine.add_argument("--out", required=True, help="output directory: train.jsonl (or Parquet shards) and mine.json")
     mine.add_argument("--k", type=int, default=7, help="negatives per pair")
     mine.add_argument("--range", default="10-100", metavar="A-B", help="skip the top A of the ranking, draw from ranks A+1..B")

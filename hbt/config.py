@@ -109,6 +109,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     data: str | None = None  # evaluation data; default: the held-out titles of data.train
+    holdout_titles: str | float | None = None  # evaluate only these titles of eval.data (fraction, list or @file; seed: data.holdout_seed)
     settings: str = "mono,cross,multi"
     every_epoch: bool = True  # also evaluate at the end of every epoch, not only at the end
     k: int = 100  # length of the top-k lists written to multi.run
@@ -164,9 +165,11 @@ class Config:
         if self.data.prefetch < 1:
             raise InputError("data.prefetch", f"must be >= 1, got {self.data.prefetch}")
         self.data.source_list()
-        holdout = self.data.holdout_titles
-        if isinstance(holdout, float) and not 0 < holdout < 1:
-            raise InputError("data.holdout_titles", f"a fraction must be in (0, 1), got {holdout}")
+        for key, holdout in (("data.holdout_titles", self.data.holdout_titles), ("eval.holdout_titles", self.eval.holdout_titles)):
+            if isinstance(holdout, float) and not 0 < holdout < 1:
+                raise InputError(key, f"a fraction must be in (0, 1), got {holdout}")
+        if self.eval.holdout_titles is not None and not self.eval.data:
+            raise InputError("eval.holdout_titles", "needs eval.data (without it, set data.holdout_titles)")
         return self
 
     def to_dict(self) -> dict:

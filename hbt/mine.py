@@ -333,6 +333,9 @@ class MineArgs:
     max_length: int | None = None
     format: str = "jsonl"
     with_scores: bool = False
+    cache_dir: str = ".cache/hbt"  # where shards are converted (data.cache_dir)
+    holdout_titles: str | None = None  # titles neither mined for nor drawn as negatives (the evaluation's)
+    holdout_seed: int = 0
     search: Search = field(default_factory=Search)
 
 
@@ -340,7 +343,8 @@ def run_mine(a: MineArgs) -> dict:
     """Load, encode (sharded), search, choose and write; returns mine.json's content (on
     every rank; rank 0 wrote it and the training data)."""
     from hbt import dist as hdist
-    from hbt.data import load_corpus
+    from hbt.data import load_corpus, split_corpus
+    from hbt.data.table import is_table_source, table_corpus
     from hbt.eval.standalone import load_encoder, text_spec
 
     s = a.settings
@@ -349,7 +353,9 @@ def run_mine(a: MineArgs) -> dict:
         raise InputError("--format", f"expected jsonl or parquet, got {a.format!r}")
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    corpus = load_corpus(a.data)
+    corpus = table_corpus(a.data, a.cache_dir) if is_table_source(a.data) else load_corpus(a.data)
+    if a.holdout_titles:
+        corpus, _ = split_corpus(corpus, a.holdout_titles, a.holdout_seed)
     layout = Layout.of(corpus, s.languages, a.data)
     spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
@@ -384,7 +390,7 @@ def run_mine(a: MineArgs) -> dict:
         "settings": {**asdict(s), "range": list(s.range), "languages": layout.langs, "format": a.format,
                      "query_prefix": spec.query_prefix, "passage_prefix": spec.passage_prefix, "pooling": pooling,
                      "max_query_length": spec.max_query_length, "max_passage_length": spec.max_passage_length,
-                     "with_scores": a.with_scores},
+                     "with_scores": a.with_scores, "holdout_titles": a.holdout_titles, "holdout_seed": a.holdout_seed},
         "candidates": {lang: int(layout.c_start[i + 1] - layout.c_start[i]) for i, lang in enumerate(layout.langs)},
         **result, "timings": timings,
     }

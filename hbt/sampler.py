@@ -128,11 +128,16 @@ class LanguageIndex:
     * ``group`` (items): the item's answer group, the smallest item index among the items
       it is connected to by sharing a passage id. A contrastive batch holds at most one
       item per group, which rules out every false negative (docs/sampler.md);
-    * ``counts`` (languages): items per language.
+    * ``counts`` (languages): items per language;
+    * ``block_offsets`` / ``blocks`` (CSR over items): with hard negatives, the answer
+      groups other than its own that one of the item's negatives is a positive of. A
+      batch never holds an item and a member of a group it blocks, so no hard negative is
+      relevant to another query of its batch (docs/sampler.md).
 
-    ``LanguageIndex(languages, item_langs, passage_ids)`` takes Python lists (per item a
-    tuple of language codes and a ``{language code: passage id}`` dict);
-    :meth:`from_arrays` takes the arrays directly (no Python object per item).
+    ``LanguageIndex(languages, item_langs, passage_ids, negative_ids)`` takes Python lists
+    (per item a tuple of language codes, a ``{language code: passage id}`` dict and,
+    optionally, a ``{language code: [negative passage ids]}`` dict); :meth:`from_arrays`
+    takes the arrays directly (no Python object per item).
     """
 
     languages: list[str]
@@ -142,7 +147,8 @@ class LanguageIndex:
     group: np.ndarray
     counts: np.ndarray
 
-    def __init__(self, languages: list[str], item_langs: Sequence[Sequence[int]], passage_ids: Sequence[dict[int, int]]):
+    def __init__(self, languages: list[str], item_langs: Sequence[Sequence[int]], passage_ids: Sequence[dict[int, int]],
+                 negative_ids: Sequence[dict[int, Sequence[int]]] | None = None):
         if len(item_langs) != len(passage_ids):
             raise InputError("LanguageIndex", f"{len(item_langs)} items' languages but {len(passage_ids)} items' passage ids")
         lens = np.fromiter((len(langs) for langs in item_langs), dtype=np.int64, count=len(item_langs))
@@ -156,18 +162,37 @@ class LanguageIndex:
             raise InputError("LanguageIndex", f"an item has no passage id for its language {e.args[0]}") from None
         self._setup(list(languages), offsets, langs, passages)
         self._set_sources(None, ("data",), None)
+        negatives = None
+        if negative_ids is not None:  # per pair in the sorted order _setup keeps
+            lists = [list(negative_ids[i].get(int(lang), ())) for i in range(self.n_items)
+                     for lang in self.langs[self.offsets[i]:self.offsets[i + 1]]]
+            neg_offsets = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+            negatives = (neg_offsets, np.array([n for x in lists for n in x], dtype=np.int64))
+        self._set_negatives(negatives)
 
     @classmethod
     def from_arrays(cls, languages: Sequence[str], offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray,
                     source: np.ndarray | None = None, sources: Sequence[str] = ("data",),
-                    weights: Sequence[float] | None = None) -> "LanguageIndex":
+                    weights: Sequence[float] | None = None,
+                    negatives: tuple[np.ndarray, np.ndarray] | None = None) -> "LanguageIndex":
         """The index of CSR arrays: item ``i`` exists in languages ``langs[offsets[i]:offsets[i+1]]``
         with passage ids ``passages[...]`` (ids name texts; equal id = equal text). A mixture
         adds ``source`` (per item, an index into ``sources``) and per-source ``weights``:
-        the share of a source's items an epoch uses, in (0, 1]."""
+        the share of a source's items an epoch uses, in (0, 1]. ``negatives``: per pair
+        (CSR offsets over the pairs, in the order given, and ids) the hard negatives the run
+        trains with, as text ids like ``passages``."""
         self = cls.__new__(cls)
-        self._setup(list(languages), np.asarray(offsets), np.asarray(langs), np.asarray(passages))
+        langs, passages = np.asarray(langs), np.asarray(passages)
+        if negatives is not None and (len(negatives[0]) != len(langs) + 1):
+            raise InputError("LanguageIndex", "negatives need CSR offsets over the pairs (pairs + 1 entries)")
+        self._setup(list(languages), np.asarray(offsets), langs, passages)
         self._set_sources(source, sources, weights)
+        if negatives is not None and self._pair_order is not None:  # _setup sorted the pairs: follow
+            neg_offsets, neg_ids = negatives
+            lens = np.diff(neg_offsets)[self._pair_order]
+            negatives = (np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                         neg_ids[_csr_take(neg_offsets, self._pair_order)])
+        self._set_negatives(negatives)
         return self
 
     def _set_sources(self, source: np.ndarray | None, sources: Sequence[str], weights: Sequence[float] | None) -> None:
@@ -180,6 +205,27 @@ class LanguageIndex:
             raise InputError("LanguageIndex", f"a source code outside 0..{len(self.sources) - 1}")
         if not ((self.weights > 0) & (self.weights <= 1)).all():
             raise InputError("data.sources", f"weights must be in (0, 1], got {self.weights.tolist()}")
+
+    def _set_negatives(self, negatives: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """``blocks``: per item, the answer groups (not its own) that hold one of its
+        negatives as a positive: a negative equal to item B's passage, in any language, is
+        relevant to B's query, and B's group is every item sharing a passage with B."""
+        n = self.n_items
+        self.block_offsets, self.blocks = np.zeros(n + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
+        if negatives is None or not len(negatives[1]) or not len(self.passages):
+            return
+        neg_offsets, neg_ids = negatives
+        item_of_pair = np.repeat(np.arange(n, dtype=np.int64), self.n_langs)
+        item_of_neg = np.repeat(item_of_pair, np.diff(neg_offsets))
+        by_text = np.argsort(self.passages, kind="stable")
+        texts = self.passages[by_text]
+        at = np.minimum(np.searchsorted(texts, neg_ids), len(texts) - 1)
+        hit = texts[at] == neg_ids
+        item, group = item_of_neg[hit], self.group[item_of_pair[by_text[at[hit]]]]
+        other = group != self.group[item]  # its own group's text: nothing a batch can change
+        key = np.unique(item[other] * n + group[other])
+        np.cumsum(np.bincount(key // n, minlength=n), out=self.block_offsets[1:])
+        self.blocks = key % n
 
     @classmethod
     def from_corpus(cls, corpus: Corpus) -> "LanguageIndex":
@@ -214,12 +260,14 @@ class LanguageIndex:
         item_of_pair = np.repeat(np.arange(n, dtype=np.int64), lens)
         langs = langs.astype(np.min_scalar_type(max(len(languages) - 1, 0)))
         passages = passages.astype(np.int64, copy=False)
+        self._pair_order: np.ndarray | None = None
         if len(langs) > 1:
             step = np.diff(langs.astype(np.int64))
             inside = item_of_pair[1:] == item_of_pair[:-1]
             if (step[inside] <= 0).any():  # sort each item's languages, then refuse repeats
                 by = np.lexsort((langs, item_of_pair))
                 langs, passages = langs[by], passages[by]
+                self._pair_order = by
                 if ((np.diff(langs.astype(np.int64)) == 0) & inside).any():
                     raise InputError(where, "an item lists a language twice")
         self.languages = languages
@@ -551,9 +599,94 @@ class _Planner:
         if len(parts) > 1:
             shuffle = np.random.default_rng([self.cfg.seed, epoch, 5]).permutation(len(mono))
             mono, items, qlang, plang = mono[shuffle], items[shuffle], qlang[shuffle], plang[shuffle]
+        if len(idx.blocks):
+            self._separate(mono, items, qlang, plang, cross)
         in_plan = np.zeros(idx.n_items, dtype=bool)
         in_plan[items.ravel()] = True
         return EpochPlan(idx.languages, mono, items, qlang, plang, order[~in_plan[order]])
+
+    def _conflicts(self, items: np.ndarray) -> np.ndarray:
+        """Per batch (rows of ``items``), the slots whose item blocks the group of another
+        item of the batch, or whose group another item blocks; all batches at once."""
+        idx, n = self.index, self.index.n_items
+        batch_of = np.repeat(np.arange(len(items), dtype=np.int64), items.shape[1])
+        flat = items.ravel()
+        at = _csr_take(idx.block_offsets, flat)
+        owner = np.repeat(np.arange(len(flat)), np.diff(idx.block_offsets)[flat])
+        present = batch_of * n + idx.group[flat]  # (batch, group) of every slot
+        blocked = batch_of[owner] * n + idx.blocks[at]  # (batch, group) every slot blocks
+        bad = np.zeros(len(flat), dtype=bool)
+        bad[owner[np.isin(blocked, present)]] = True  # it blocks someone here
+        bad[np.isin(present, blocked)] = True  # someone here blocks it
+        return bad.reshape(items.shape)
+
+    def _separate(self, mono: np.ndarray, items: np.ndarray, qlang: np.ndarray, plang: np.ndarray,
+                  cross: tuple[np.ndarray | None, np.ndarray | None]) -> None:
+        """Swap items between batches until no batch holds an item together with an item
+        of a group it blocks. A moved item takes its new batch's language (monolingual) or
+        its epoch's cross-lingual language pair, so batches keep their kind, language,
+        size and source (``same_source``), and the epoch keeps its items. In place and a
+        pure function of the plan (so rank-count invariant and resumable). Conflicts are
+        rare in a large pool; each is mended by the first admissible swap, looked for in the
+        following batches."""
+        todo = np.flatnonzero(self._conflicts(items).any(axis=1))
+        for b in todo.tolist():
+            while True:
+                bad = np.flatnonzero(self._conflicts(items[b:b + 1])[0])
+                if not len(bad):
+                    break
+                if not self._swap_out(b, int(bad[0]), mono, items, qlang, plang, cross):
+                    item = int(items[b, bad[0]])
+                    raise InputError("train.hard_negatives", f"cannot plan a batch for item {item} without one of its hard "
+                                     f"negatives being another pair's positive: its negatives answer too many of the "
+                                     f"{len(items)} batches' items (check the negatives, or lower train.batch_size)")
+
+    def _fits(self, item: int, b: int, mono: np.ndarray, qlang: np.ndarray, items: np.ndarray,
+              cross: tuple[np.ndarray | None, np.ndarray | None]) -> tuple[int, int] | None:
+        """The (query, passage) languages ``item`` would have in batch ``b``, or None when it
+        cannot be there (a language it lacks, a cross batch without two, another source)."""
+        idx = self.index
+        if self.cfg.same_source and idx.source[item] != idx.source[items[b, 0]]:
+            return None
+        if mono[b]:
+            lang = int(qlang[b, 0])
+            own = idx.langs[idx.offsets[item]:idx.offsets[item + 1]]
+            return (lang, lang) if (own == lang).any() else None
+        if cross[0] is None or idx.n_langs[item] < 2:
+            return None
+        return int(cross[0][item]), int(cross[1][item])
+
+    def _swap_out(self, b: int, j: int, mono: np.ndarray, items: np.ndarray, qlang: np.ndarray, plang: np.ndarray,
+                  cross: tuple[np.ndarray | None, np.ndarray | None]) -> bool:
+        """Swap slot ``j`` of batch ``b`` with the first slot of a later (then earlier)
+        batch where both items fit and then sit without conflict; False if none."""
+        idx = self.index
+        group, offsets, blocks = idx.group, idx.block_offsets, idx.blocks
+        mine = int(items[b, j])
+        rest_b = np.delete(items[b], j)
+        g_rest_b = group[rest_b]
+        blocked_by_rest_b = blocks[_csr_take(offsets, rest_b)]
+        my_blocks = blocks[offsets[mine]:offsets[mine + 1]]
+        n = len(items)
+        for b2 in ((b + step) % n for step in range(1, n)):
+            there = self._fits(mine, b2, mono, qlang, items, cross)
+            if there is None:
+                continue
+            cand = items[b2]
+            # a candidate must fit batch b without ``mine``: its group, and the groups it blocks
+            fits_b = ~np.isin(group[cand], g_rest_b) & ~np.isin(group[cand], blocked_by_rest_b)
+            owner = np.repeat(np.arange(len(cand)), np.diff(offsets)[cand])
+            fits_b[owner[np.isin(blocks[_csr_take(offsets, cand)], g_rest_b)]] = False
+            for j2 in np.flatnonzero(fits_b).tolist():
+                here = self._fits(int(cand[j2]), b, mono, qlang, items, cross)
+                rest_b2 = np.delete(cand, j2)
+                if here is None or group[mine] in group[rest_b2] or np.isin(group[rest_b2], my_blocks).any() \
+                        or group[mine] in blocks[_csr_take(offsets, rest_b2)]:
+                    continue
+                items[b, j], items[b2, j2] = cand[j2], mine
+                (qlang[b, j], plang[b, j]), (qlang[b2, j2], plang[b2, j2]) = here, there
+                return True
+        return False
 
     def _fill(self, order: np.ndarray, epoch: int, stream: tuple[int, ...],
               cross: tuple[np.ndarray | None, np.ndarray | None], alpha: float) -> tuple[np.ndarray, ...]:

@@ -178,22 +178,47 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print) -> list[str]:
             continue
         jobs = executor.map_array(TrainJob(), [r.config for r in wave], [list(r.overrides) for r in wave])
         log(f"submitted {len(jobs)} jobs ({', '.join(j.job_id for j in jobs)}); logs in {spec.out / 'submitit'}")
-        problems += wait(jobs, deadline - time.monotonic())
+        problems += wait(jobs, deadline - time.monotonic(), progress=lambda wave=wave: steps_done(wave))
     return problems
 
 
-def wait(jobs: list, timeout_s: float, poll_s: float = 2.0) -> list[str]:
-    """Wait for every job, never longer than ``timeout_s``; cancel what is left then.
+def steps_done(runs: list[SweepRun]) -> str:
+    """Each run's last logged step (its metrics.jsonl's last line), for the progress bar."""
+    parts = []
+    several = len({run.config for run in runs}) > 1
+    for run in runs:
+        step = "-"
+        try:
+            with (run.run_dir / "metrics.jsonl").open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                step = str(json.loads(f.read().splitlines()[-1])["step"])
+        except (OSError, ValueError, IndexError, KeyError):
+            pass
+        name = f"{Path(run.config).stem}/{run.strategy}" if several else run.strategy
+        parts.append(f"{name}{'' if run.seed == 0 else f'/seed{run.seed}'}: {step}")
+    return ", ".join(parts)
+
+
+def wait(jobs: list, timeout_s: float, poll_s: float = 2.0, progress: Callable[[], str] | None = None) -> list[str]:
+    """Wait for every job, never longer than ``timeout_s``; cancel what is left then. A
+    progress bar counts the jobs done; ``progress`` gives its text (each job's step).
     Returns one line per job that failed or timed out (empty when all succeeded)."""
+    from tqdm import tqdm
+
     logging.getLogger("submitit").setLevel(logging.ERROR)  # without accounting it warns on every poll
     deadline = time.monotonic() + timeout_s
-    while not all(job.done() for job in jobs):
-        if time.monotonic() > deadline:
-            for job in jobs:
-                if not job.done():
-                    job.cancel(check=False)
-            return [f"job {job.job_id}: not done after {timeout_s:.0f} s, cancelled" for job in jobs if not job.done()]
-        time.sleep(poll_s)
+    with tqdm(total=len(jobs), desc="jobs done", unit="job") as bar:
+        while not all(job.done() for job in jobs):
+            if time.monotonic() > deadline:
+                for job in jobs:
+                    if not job.done():
+                        job.cancel(check=False)
+                return [f"job {job.job_id}: not done after {timeout_s:.0f} s, cancelled" for job in jobs if not job.done()]
+            time.sleep(poll_s)
+            bar.update(sum(job.done() for job in jobs) - bar.n)
+            if progress is not None:
+                bar.set_postfix_str(f"steps {progress()}", refresh=True)
+        bar.update(len(jobs) - bar.n)
     problems = []
     for job in jobs:
         try:

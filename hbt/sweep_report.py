@@ -99,14 +99,11 @@ def alpha_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def strategy_heatmaps(config: str, by_strategy: dict[str, list[dict]], path: Path) -> bool:
-    """The config's cross-lingual mAP matrices, one panel per strategy (mean over seeds),
-    on one colour scale; False when no strategy of HEATMAP_ORDER has results."""
-    import matplotlib
+Panel = tuple[str, int, list[str], list[str], np.ndarray]  # strategy, seeds, query and candidate languages, mAP
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _panels(by_strategy: dict[str, list[dict]]) -> list[Panel]:
+    """Per strategy of HEATMAP_ORDER with results: its cross-lingual mAP matrix, the mean over seeds."""
     panels = []
     for strategy in HEATMAP_ORDER:
         matrices = []
@@ -118,6 +115,18 @@ def strategy_heatmaps(config: str, by_strategy: dict[str, list[dict]], path: Pat
             matrices.append(matrix)
         if matrices:
             panels.append((strategy, len(matrices), langs_q, langs_c, np.nanmean(matrices, axis=0)))
+    return panels
+
+
+def strategy_heatmaps(config: str, by_strategy: dict[str, list[dict]], path: Path) -> bool:
+    """The config's cross-lingual mAP matrices, one panel per strategy (mean over seeds),
+    on one colour scale; False when no strategy of HEATMAP_ORDER has results."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = _panels(by_strategy)
     if not panels:
         return False
     top = max(float(np.nanmax(m)) for *_, m in panels)
@@ -131,15 +140,29 @@ def strategy_heatmaps(config: str, by_strategy: dict[str, list[dict]], path: Pat
     return True
 
 
+def markdown_heatmaps(rows: list[dict]) -> str:
+    """The heatmaps as Markdown tables (query language down, candidate language across;
+    the diagonal is monolingual), readable in a terminal where no picture is."""
+    parts = []
+    for config, by_strategy in _groups(rows).items():
+        for strategy, seeds, langs_q, langs_c, matrix in _panels(by_strategy):
+            lines = [f"#### {config}: {strategy}, mAP by query (down) and candidate (across) language, "
+                     f"mean of {seeds} seed(s)", "", "| | " + " | ".join(langs_c) + " |", "|---|" + "---:|" * len(langs_c)]
+            lines += [f"| {x} | " + " | ".join("-" if math.isnan(v) else f"{v:.2f}" for v in row) + " |"
+                      for x, row in zip(langs_q, matrix)]
+            parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
 def write_report(rows: list[dict], out: Path) -> str:
-    """sweep.csv, sweep.md, sweep.png (alpha curves) and heatmaps-CONFIG.png in ``out``;
-    returns the Markdown."""
+    """sweep.csv, sweep.md (the tables and the heatmaps as tables), sweep.png (alpha
+    curves) and heatmaps-CONFIG.png in ``out``; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "sweep.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    markdown = markdown_tables(rows)
+    markdown = markdown_tables(rows) + "\n" + markdown_heatmaps(rows)
     (out / "sweep.md").write_text(markdown)
     alpha_curves(rows, out / "sweep.png")
     for config, by_strategy in _groups(rows).items():

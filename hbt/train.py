@@ -17,7 +17,7 @@ from hbt import fingerprint as run_fingerprint
 from hbt import signals
 from hbt.card import write_card
 from hbt.config import Config, save_config
-from hbt.data import load_corpus
+from hbt.data import RetrievalSet, load_corpus, split_corpus
 from hbt.data.tokenize import PairTokenizer, TextSpec, tokenizer_fingerprint
 from hbt.data.training import TrainingData, load_training_data
 from hbt.errors import InputError
@@ -34,12 +34,24 @@ def training_data(cfg: Config, env: hdist.DistEnv | None = None) -> TrainingData
     with ``data.holdout_titles``, its held-out part."""
     d = cfg.data
     is_main, barrier = (env.is_main, hdist.barrier) if env is not None else (True, lambda: None)
-    return load_training_data(d.source_list(), d.cache_dir, d.holdout_titles, d.holdout_seed, is_main, barrier)
+    return load_training_data(d.source_list(), d.cache_dir, d.holdout_titles, d.holdout_seed, is_main, barrier,
+                              cfg.train.hard_negatives)
+
+
+def evaluation_set(cfg: Config, data: TrainingData) -> RetrievalSet | None:
+    """What the run evaluates: ``eval.data`` (only its ``eval.holdout_titles`` when set), else
+    the held-out titles of the training data, else nothing."""
+    if cfg.eval.data:
+        corpus = load_corpus(cfg.eval.data)
+        if cfg.eval.holdout_titles is not None:
+            _, corpus = split_corpus(corpus, cfg.eval.holdout_titles, cfg.data.holdout_seed)
+        return corpus.retrieval
+    return data.held_out.retrieval if data.held_out else None
 
 
 def sampler_for(cfg: Config, data: TrainingData, world_size: int = 1, rank: int = 0) -> HybridBatchSampler:
     index = LanguageIndex.from_arrays(data.languages, data.offsets, data.langs, data.passages, data.source,
-                                      data.source_names, data.weights)
+                                      data.source_names, data.weights, data.negatives)
     return HybridBatchSampler(index, cfg.train.sampler(cfg.run.seed), world_size=world_size, rank=rank)
 
 
@@ -125,7 +137,7 @@ def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Pa
         (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
 
     data = training_data(cfg, env)
-    eval_set = load_corpus(cfg.eval.data).retrieval if cfg.eval.data else data.held_out.retrieval if data.held_out else None
+    eval_set = evaluation_set(cfg, data)
     if cfg.train.hard_negatives and data.missing_negatives():
         raise InputError("train.hard_negatives", f"{data.missing_negatives():,} training pairs have no hard negatives")
     _stop_if_signalled()

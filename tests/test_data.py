@@ -141,3 +141,23 @@ def test_replication_split_is_the_documented_one_for_every_seed(xquad_r: Path, s
         held = data.held_out
         assert held is not None and sorted(held.titles) == REPLICATION_HELD_OUT
         assert (data.n_items, len(held.items)) == (961, 229)
+
+
+def test_eval_holdout_titles_evaluates_only_those_titles_of_eval_data() -> None:
+    """``eval.holdout_titles`` is ``hbt eval --holdout-titles`` inside a run: the run trains on
+    other data (e.g. pairs mined from the training titles) and evaluates the held-out ones."""
+    from hbt.config import load_config
+    from hbt.errors import InputError
+    from hbt.train import evaluation_set
+
+    data = "synthetic:items=200,languages=2"
+    cfg = load_config(None, [f"eval.data={data}", "eval.holdout_titles=0.25", "data.holdout_seed=3"])
+    rs = evaluation_set(cfg, data=None)  # type: ignore[arg-type]  # eval.data is set: the training data is not read
+    corpus = load_corpus(data)
+    held = set(holdout_titles(corpus, 0.25, seed=3))
+    title = {item.id: item.title for item in corpus.items}
+    asked = {q.item_id for qs in rs.queries.values() for q in qs}
+    assert len(held) == 10 and {title[i] for i in asked} == held
+    assert len(asked) == sum(t in held for t in title.values())
+    with pytest.raises(InputError, match="eval.holdout_titles.*needs eval.data"):
+        load_config(None, ["eval.holdout_titles=0.25"])

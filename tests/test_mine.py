@@ -201,6 +201,18 @@ def test_parquet_shards_and_approximate_index(tiny: Path, tmp_path: Path) -> Non
     rows = table.to_pylist()
     assert all(len(r["negatives"]) == 7 for r in rows)
     assert_no_false_negatives(rows, DATA, {"ru"})
+    # mining reads shards too (the paper recipe's sources): here the shards just written,
+    # without a quarter of the titles (the evaluation's), which must not even be negatives
+    again = mine(tiny, tmp_path / "again", "--k", "3", "--cache-dir", str(tmp_path / "cache"), "--holdout-titles", "0.25",
+                 data=str(tmp_path / "pq"))
+    held = {r["title"] for r in rows} - {r["title"] for r in again}
+    assert len(held) == 10
+    kept = [r for r in rows if r["title"] not in held]
+    assert sorted((r["id"], r["positive"]) for r in again) == sorted((r["id"], r["positive"]) for r in kept)
+    assert all(len(r["negatives"]) == 3 for r in again)
+    assert_no_false_negatives(again, DATA, {"ru"})
+    held_texts = {r["positive"] for r in rows if r["title"] in held}
+    assert not held_texts & {n for r in again for n in r["negatives"]}
 
 
 def test_bad_input_is_one_line_naming_the_option(tiny: Path, tmp_path: Path) -> None:

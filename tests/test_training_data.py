@@ -235,6 +235,49 @@ def test_no_batch_holds_a_passage_relevant_to_another_pairs_query(tmp_path_facto
                     assert not passages_of[a] & passages_of[c], (a, c)
 
 
+@pytest.mark.parametrize("same_source", [False, True])
+def test_hard_negatives_never_share_a_batch_with_the_query_they_answer(tmp_path: Path, same_source: bool) -> None:
+    """Mined-style negatives (other items' answers in the same language, as mining an
+    article gives) through Parquet: with train.hard_negatives k the sampler keeps each
+    pair's first k negatives out of every batch holding an item they answer, in any
+    language; negatives beyond k are not what training sees, so they do not count."""
+    rng = np.random.default_rng(0)
+    rows = rows_of("synthetic:items=240,languages=3,seed=5")
+    by_lang: dict[str, list[str]] = {}
+    for r in rows:
+        by_lang.setdefault(r["lang"], []).append(r["positive"])
+    for r in rows:  # two negatives: an answer of another item, then a text no item answers with
+        r["negatives"] = [str(rng.choice(by_lang[r["lang"]])), f"unrelated {r['id']} {r['lang']}"]
+    half = len(rows) // 2
+    sources = [Source(path=str(write_parquet(rows[:half], tmp_path / "a")), name="a"),
+               Source(path=str(write_parquet(rows[half:], tmp_path / "b")), name="b")]
+    data = load_training_data(sources, str(tmp_path / "cache"), hard_negatives=1)
+    answered_by = {}
+    for r in rows:
+        answered_by.setdefault(r["positive"], set()).add(r["id"])
+    index = LanguageIndex.from_arrays(data.languages, data.offsets, data.langs, data.passages, data.source,
+                                      data.source_names, data.weights, data.negatives)
+    assert len(index.blocks) > 100  # most items' first negative is someone's answer
+    sampler = HybridBatchSampler(index, SamplerConfig(batch_size=16, alpha=0.5, seed=3, same_source=same_source))
+    plain = sampler_of(data, same_source, seed=3)
+    moved = 0
+    for epoch in range(3):
+        plan = sampler.plan(epoch)
+        for b in range(len(plan)):
+            ids = data.item_ids(plan.items[b])
+            rows_b = [int(data.rows[data.offsets[i] + np.searchsorted(data.langs[data.offsets[i]:data.offsets[i + 1]], p)])
+                      for i, p in zip(plan.items[b].tolist(), plan.plang[b].tolist())]
+            for item_id, negs in zip(ids, data.column("negatives", np.array(rows_b))):
+                assert not (answered_by.get(negs[0], set()) - {item_id}) & set(ids), (item_id, negs[0])
+            assert not same_source or len(set(data.source[plan.items[b]].tolist())) == 1
+        moved += int((plan.items != plain.plan(epoch).items).any(axis=1).sum())
+        assert plan.mix() == plain.plan(epoch).mix()
+    assert moved > 0  # the rule had work to do here
+    # the hashes are cached beside the index, per k
+    assert sorted(p.name for p in Path(tmp_path / "cache").glob("index-*/negatives-*")) == [
+        "negatives-1-hashes.npy", "negatives-1-offsets.npy"]
+
+
 def test_workers_deliver_the_same_batches_in_order(tmp_path: Path) -> None:
     from hbt.model import train_tokenizer
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from hbt.data.corpus import Corpus, Item, Pair, retrieval_from_pairs
 from hbt.data.languages import check_language
@@ -46,14 +46,20 @@ def str_field(row: dict, key: str, where: str) -> str:
 
 
 def load_jsonl(path: Path) -> Corpus:
+    return corpus_from_rows(read_jsonl(path), path.stem, str(path))
+
+
+def corpus_from_rows(rows: Iterable[tuple[str, dict]], name: str, source: str) -> Corpus:
+    """A corpus of generic-format rows (``where``, row): one JSONL file's lines, or the rows
+    of a shard set (``hbt mine`` on shards); an error names the row."""
     items: dict[str, Item] = {}
-    for where, row in read_jsonl(path):
+    for where, row in rows:
         item_id = str_field(row, "id", where)
         lang = check_language(str_field(row, "lang", where), f"{where} field 'lang'")
-        negatives = row.get("negatives", [])
+        negatives = row.get("negatives") or []
         if not isinstance(negatives, list) or not all(isinstance(x, str) for x in negatives):
             raise InputError(where, "field 'negatives' should be a list of strings")
-        title = row.get("title", item_id)
+        title = row.get("title") or item_id
         if not isinstance(title, str):
             raise InputError(where, "field 'title' should be a string")
         item = items.setdefault(item_id, Item(id=item_id, title=title, pairs={}))
@@ -65,6 +71,6 @@ def load_jsonl(path: Path) -> Corpus:
             negatives=tuple(negatives),
         )
     if not items:
-        raise InputError(str(path), "no items in this file")
+        raise InputError(source, "no items in this file")
     item_list = list(items.values())
-    return Corpus(name=path.stem, items=item_list, retrieval=retrieval_from_pairs(item_list))
+    return Corpus(name=name, items=item_list, retrieval=retrieval_from_pairs(item_list))

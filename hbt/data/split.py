@@ -49,3 +49,9 @@ def split_by_title(corpus: Corpus, held_out: list[str]) -> tuple[Corpus, Corpus]
     if not rest:
         raise InputError("--holdout-titles", "holds out every title; nothing is left to train on")
     return corpus.subset(rest, f"{corpus.name}-train"), corpus.subset(held_out, f"{corpus.name}-heldout")
+
+
+def split_corpus(corpus: Corpus, spec: str | float | list[str], seed: int = 0) -> tuple[Corpus, Corpus]:
+    """(train, held-out) parts of ``corpus`` for a hold-out ``spec``: one rule for every tool
+    that splits (``hbt eval --holdout-titles``, ``hbt mine --holdout-titles``, ``eval.holdout_titles``)."""
+    return split_by_title(corpus, holdout_titles(corpus, spec, seed))

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
+from typing import Iterator
 
 import datasets
 
 from hbt.data.corpus import Corpus
+from hbt.data.jsonl import corpus_from_rows
 from hbt.data.load import load_corpus
 from hbt.errors import InputError
 
@@ -128,6 +130,22 @@ def corpus_dataset(corpus: Corpus) -> datasets.Dataset:
         "positive": datasets.Value("string"), "negatives": datasets.Sequence(datasets.Value("string")),
         "title": datasets.Value("string"),
     }))
+
+
+def table_corpus(source: str, cache_dir: str) -> Corpus:
+    """A shard set (or saved dataset) in hbt's column names as a parsed corpus, for the tools
+    that need one object per pair (``hbt mine``): fine at 10^6 pairs, a source at a time."""
+    ds = map_columns(open_dataset(source, cache_dir), {}, source)
+    name = Path(source.rstrip("/*")).name or source
+    return corpus_from_rows(_rows(ds, source), name, source)
+
+
+def _rows(ds: datasets.Dataset, source: str, size: int = 10_000) -> Iterator[tuple[str, dict]]:
+    """(``SOURCE row N``, row) for every row, read ``size`` rows at a time."""
+    for start in range(0, len(ds), size):
+        batch = ds[start:start + size]
+        for i, values in enumerate(zip(*batch.values())):
+            yield f"{source} row {start + i}", dict(zip(batch, values))
 
 
 def open_source(source: str, columns: dict[str, str], cache_dir: str) -> tuple[datasets.Dataset, Corpus | None]:

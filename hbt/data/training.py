@@ -62,6 +62,7 @@ class TrainingData:
     source: np.ndarray
     fingerprint: str  # changes whenever the data, its mapping or the hold-out does
     held_out: Corpus | None = None  # the held-out titles, for evaluation
+    negatives: tuple[np.ndarray, np.ndarray] | None = None  # per pair (CSR), hashes of the hard negatives trained with
 
     @property
     def n_items(self) -> int:
@@ -218,9 +219,12 @@ def _source_key(ds: datasets.Dataset, corpus: Corpus | None) -> str:
 
 
 def load_training_data(sources: list[Source], cache_dir: str, holdout: str | float | None = None, holdout_seed: int = 0,
-                       is_main: bool = True, barrier: Callable[[], None] = lambda: None) -> TrainingData:
+                       is_main: bool = True, barrier: Callable[[], None] = lambda: None,
+                       hard_negatives: int = 0) -> TrainingData:
     """Open every source and build (rank 0) or memory-map (every other rank) the arrays.
-    ``holdout`` (``data.holdout_titles``) applies to a single source only."""
+    ``holdout`` (``data.holdout_titles``) applies to a single source only. With
+    ``hard_negatives`` k, also the hashes of each pair's first k negatives (the ones
+    training uses), so the sampler can keep a negative away from the query it answers."""
     if not sources:
         raise InputError("data.sources", "at least one source is needed")
     if holdout is not None and len(sources) > 1:
@@ -247,9 +251,44 @@ def load_training_data(sources: list[Source], cache_dir: str, holdout: str | flo
     arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("offsets", "rows", "langs", "passages", "source")}
     row_starts = np.cumsum([0] + [len(ds) for ds, _ in opened[:-1]]).astype(np.int64)
     held_out = _held_out_corpus(*opened[0], held, names[0]) if held else None
-    return TrainingData(tables=[ds for ds, _ in opened], row_starts=row_starts, languages=meta["languages"], source_names=names,
+    tables = [ds for ds, _ in opened]
+    negatives = None
+    if hard_negatives:
+        paths = [folder / f"negatives-{hard_negatives}-{part}.npy" for part in ("offsets", "hashes")]
+        if is_main and not paths[1].exists():
+            for path, array in zip(paths, _negative_hashes(tables, row_starts, np.asarray(arrays["rows"]), hard_negatives)):
+                tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npy")
+                np.save(tmp, array)
+                tmp.replace(path)  # hashes last: its presence means both are complete
+        barrier()
+        negatives = tuple(np.load(path, mmap_mode="r") for path in paths)
+    return TrainingData(tables=tables, row_starts=row_starts, languages=meta["languages"], source_names=names,
                         weights=np.array([src.weight for src in sources]), fingerprint=key, held_out=held_out,
-                        **{k: np.asarray(v) for k, v in arrays.items()})
+                        negatives=negatives, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def _negative_hashes(tables: list[datasets.Dataset], row_starts: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair (table row ``rows[p]``), the hashes of its first ``k`` negatives as CSR
+    (offsets over the pairs, hashes), hashed as the positives are; chunk by chunk, so no
+    copy of the whole list column is made."""
+    total = int(row_starts[-1]) + len(tables[-1])
+    lens = np.zeros(total, dtype=np.int64)
+    parts: list[np.ndarray] = []
+    for start, table in zip(row_starts.tolist(), tables):
+        if "negatives" not in table.column_names:
+            continue
+        at = start
+        for chunk in table.data.table.column("negatives").chunks:
+            head = pc.list_slice(chunk, 0, k)
+            lens[at:at + len(chunk)] = pc.fill_null(pc.list_value_length(head), 0).to_numpy(zero_copy_only=False)
+            parts.append(_hash_texts(pa.chunked_array([pc.list_flatten(head)], pa.string())).view(np.int64))
+            at += len(chunk)
+    flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    pair_lens = lens[rows]
+    offsets = np.concatenate([[0], np.cumsum(pair_lens)]).astype(np.int64)
+    take = np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(starts[rows] - offsets[:-1], pair_lens)
+    return offsets, flat[take]
 
 
 def _write_index(folder: Path, opened: list[tuple[datasets.Dataset, Corpus | None]], sources: list[Source],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hbt import dist as hdist
-from hbt.data import holdout_titles, load_corpus, split_by_title
+from hbt.data import load_corpus, split_corpus
 from hbt.data.tokenize import TextSpec
 from hbt.model import BiEncoder, load_pretrained, resolve_model_name
 
@@ -79,7 +79,7 @@ def run_eval(a: EvalArgs) -> dict:
 
     corpus = load_corpus(a.data)
     if a.holdout_titles:
-        _, corpus = split_by_title(corpus, holdout_titles(corpus, a.holdout_titles, seed=a.seed))
+        _, corpus = split_corpus(corpus, a.holdout_titles, a.seed)
     spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
     model, tokenizer = load_encoder(a.model, pooling, env)
