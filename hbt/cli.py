@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cpus-per-task", type=int, default=1)
     sweep.add_argument("--partition", default=None)
     sweep.add_argument("--timeout-min", type=int, default=60, help="each job's time limit")
-    sweep.add_argument("--max-parallel", type=int, default=None, help="jobs running at once (default: all; local executor: in waves)")
+    sweep.add_argument("--max-parallel", type=int, default=None, help="jobs running at once (default: all on Slurm; locally one at a time, each using every core)")
     sweep.add_argument("--wait-timeout", type=float, default=4 * 3600, help="seconds to wait for all jobs before cancelling")
     sweep.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides for every job")
     sweep.set_defaults(run=_sweep)

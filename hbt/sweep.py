@@ -68,7 +68,7 @@ class SweepSpec:
     cpus_per_task: int = 1
     timeout_min: int = 60
     partition: str | None = None
-    max_parallel: int | None = None  # jobs running at once (default: all)
+    max_parallel: int | None = None  # jobs running at once (default: all on Slurm, one at a time locally)
     wait_timeout_s: float = 4 * 3600
 
     def runs(self) -> list[SweepRun]:
@@ -146,8 +146,10 @@ class TrainJob:
 def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print) -> list[str]:
     """Validate every job's config, submit, and wait for all jobs, never longer than
     ``spec.wait_timeout_s`` in total. Slurm runs at most ``max_parallel`` array tasks at
-    once; submitit's LocalExecutor has no such limit, so it gets the jobs in waves of
-    ``max_parallel``. Returns one line per job that failed, timed out or never started."""
+    once (default: all); submitit's LocalExecutor has no such limit, so it gets the jobs in
+    waves of ``max_parallel`` (default 1: each job's torch uses every core of the machine,
+    and three at once on 2 cores took 3.2x as long as one after another). Returns one line
+    per job that failed, timed out or never started."""
     import submitit
 
     from hbt.config import load_config
@@ -156,9 +158,9 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print) -> list[str]:
     runs = spec.runs()
     for run in runs:  # a bad config or a missing model package fails here, before anything is queued
         resolve_model_name(load_config(run.config, list(run.overrides)).model.name)
-    width = spec.max_parallel or len(runs)
     kind = None if spec.executor == "auto" else spec.executor
     executor = submitit.AutoExecutor(folder=spec.out / "submitit", cluster=kind)
+    width = spec.max_parallel or (len(runs) if executor.cluster == "slurm" else 1)
     params = dict(timeout_min=spec.timeout_min, tasks_per_node=spec.tasks_per_node, nodes=spec.nodes,
                   cpus_per_task=spec.cpus_per_task, name="hbt-sweep")
     if executor.cluster == "slurm":
@@ -207,7 +209,7 @@ def wait(jobs: list, timeout_s: float, poll_s: float = 2.0, progress: Callable[[
 
     logging.getLogger("submitit").setLevel(logging.ERROR)  # without accounting it warns on every poll
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=len(jobs), desc="jobs done", unit="job") as bar:
+    with tqdm(total=len(jobs), desc="jobs done", unit="job", mininterval=10) as bar:
         while not all(job.done() for job in jobs):
             if time.monotonic() > deadline:
                 for job in jobs:
@@ -215,9 +217,9 @@ def wait(jobs: list, timeout_s: float, poll_s: float = 2.0, progress: Callable[[
                         job.cancel(check=False)
                 return [f"job {job.job_id}: not done after {timeout_s:.0f} s, cancelled" for job in jobs if not job.done()]
             time.sleep(poll_s)
-            bar.update(sum(job.done() for job in jobs) - bar.n)
             if progress is not None:
-                bar.set_postfix_str(f"steps {progress()}", refresh=True)
+                bar.set_postfix_str(f"steps {progress()}", refresh=False)
+            bar.update(sum(job.done() for job in jobs) - bar.n)  # draws at most every mininterval
         bar.update(len(jobs) - bar.n)
     problems = []
     for job in jobs:

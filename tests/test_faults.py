@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_train import losses, ok, overrides, torchrun
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # one after another: one Slurm, timed waits
 ENDS_WITHIN_S = 60
 LOST = "hbt: error: rank 0 of 2: lost rank 1 ("
 

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_train import SMALL, losses, single_run, steps_per_epoch  # noqa: F401  (single_run: a fixture)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # one after another: one Slurm, timed waits
 CPU = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
 
 

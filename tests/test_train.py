@@ -102,10 +102,12 @@ def test_export_carries_a_model_card(single_run: Path) -> None:
     assert (single_run / "model" / "cross_heatmap.png").exists()
 
 
-def test_two_ranks_under_every_zero_stage_match_one_process(tmp_path: Path, single_run: Path) -> None:
-    """The same global batches and an exact cross-rank loss: 2 ranks train like 1."""
+def test_two_ranks_under_zero_0_and_3_match_one_process(tmp_path: Path, single_run: Path) -> None:
+    """The same global batches and an exact cross-rank loss: 2 ranks of ``hbt train`` train
+    like 1, end to end (launch, loss, export). Stages 0 and 3 are the two ends; every stage
+    at 1-3 ranks has its gradient checked against one process in tests/test_matrix.py."""
     reference = losses(single_run)
-    for stage in (0, 1, 2, 3):
+    for stage in (0, 3):
         out = torchrun(2, "train", *overrides(tmp_path, f"z{stage}", "model.dropout=0.0", "train.max_steps=12",
                                               f"train.deepspeed=configs/deepspeed/zero{stage}.json"))
         ok(out)
@@ -118,10 +120,12 @@ def test_two_ranks_under_every_zero_stage_match_one_process(tmp_path: Path, sing
         assert (tmp_path / f"z{stage}" / "model" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [2, 3])
 def test_one_rank_under_zero_trains_and_resumes_exactly(tmp_path: Path, stage: int) -> None:
-    """The one-GPU recipe (README): ZeRO 1-3 on a single rank trains, checkpoints, and a
-    run cut after its step-3 checkpoint resumes to the same losses as the uncut run."""
+    """The one-GPU recipe (README): ZeRO 2 (the shipped configs) and 3 on a single rank
+    train, checkpoint, and a run cut after its step-3 checkpoint resumes to the same losses
+    as the uncut run. ZeRO 1 saves its optimizer partitions through the same code as 2;
+    it trains in every cell of tests/test_matrix.py."""
     args = overrides(tmp_path, "full", "model.dropout=0.0", "train.max_steps=6", "train.checkpoint_every=3",
                      f"train.deepspeed=configs/deepspeed/zero{stage}.json")
     ok(run_hbt("train", *args))
