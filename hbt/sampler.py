@@ -228,18 +228,24 @@ class LanguageIndex:
         self.blocks = key % n
 
     @classmethod
-    def from_corpus(cls, corpus: Corpus) -> "LanguageIndex":
+    def from_corpus(cls, corpus: Corpus, hard_negatives: int = 0) -> "LanguageIndex":
+        """The index of a parsed corpus (texts numbered in order of appearance), with the
+        first ``hard_negatives`` negatives of each pair as :meth:`from_arrays` takes them."""
         languages = corpus.languages
         code = {lang: i for i, lang in enumerate(languages)}
         text_ids: dict[str, int] = {}
-        offsets, langs, passages = [0], [], []
+        offsets, langs, passages, neg_offsets, negatives = [0], [], [], [0], []
         for item in corpus.items:
             for lang in sorted(item.pairs, key=code.__getitem__):
                 langs.append(code[lang])
                 passages.append(text_ids.setdefault(item.pairs[lang].passage, len(text_ids)))
+                negatives += [text_ids.setdefault(n, len(text_ids)) for n in item.pairs[lang].negatives[:hard_negatives]]
+                neg_offsets.append(len(negatives))
             offsets.append(len(langs))
         return cls.from_arrays(languages, np.array(offsets, dtype=np.int64), np.array(langs, dtype=np.int64),
-                               np.array(passages, dtype=np.int64))
+                               np.array(passages, dtype=np.int64),
+                               negatives=(np.array(neg_offsets, dtype=np.int64), np.array(negatives, dtype=np.int64))
+                               if hard_negatives else None)
 
     def _setup(self, languages: list[str], offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray) -> None:
         where = "LanguageIndex"

@@ -12,6 +12,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test workers share the cores: every process a test starts (and this worker's own
+    # torch) computes on one thread, as the multi-rank tests already do, instead of two
+    # workers' OpenMP pools spinning against each other on oversubscribed cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 SHARED = ROOT.parent / "shared"
 XQUAD_R = SHARED / "data" / "xquad-r"
 ME5_SMALL = SHARED / "models" / "me5-small-xquad"

@@ -127,7 +127,8 @@ def reference(ws: dict, cell: Cell) -> dict[str, torch.Tensor]:
         corpus = load_corpus(cfg.data.train)
         encoder, tokenizer = load_pretrained(m.name, m.dropout)
         model = BiEncoder(encoder, m.pooling)
-        batches = HybridBatchSampler(LanguageIndex.from_corpus(corpus), t.sampler(cfg.run.seed)).plan(0)[: t.grad_accum]
+        index = LanguageIndex.from_corpus(corpus, t.hard_negatives)  # the same plan as training: negatives kept apart
+        batches = HybridBatchSampler(index, t.sampler(cfg.run.seed)).plan(0)[: t.grad_accum]
         tokenize = PairTokenizer(tokenizer, TextSpec("", "", m.max_query_length, m.max_passage_length), t.hard_negatives)
         items = corpus.items
         loss_fn = ContrastiveLoss(t.temperature, t.symmetric)

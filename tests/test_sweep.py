@@ -1,6 +1,5 @@
-"""submitit job arrays: README's first run (the paper's three strategies by name, a
-3-job array on the real local Slurm), and the LocalExecutor fallback; table, CSV and plot
-at the end."""
+"""submitit job arrays on the real local Slurm and the LocalExecutor fallback; table, CSV
+and plot at the end (README's first run, a local sweep, is tests/test_first_run.py)."""
 
 from __future__ import annotations
 
@@ -26,40 +25,6 @@ SMALL = ["data.train=synthetic:items=480,languages=3,seed=3", "train.batch_size=
 def rows(out: Path) -> list[dict]:
     with (out / "sweep.csv").open() as f:
         return list(csv.DictReader(f))
-
-
-def first_run_command() -> list[str]:
-    """README's first command, after ``pip install ... &&``: the main job a newcomer runs."""
-    readme = (ROOT / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith("pip install") and "hbt sweep" in line)
-    return line.split(" && ", 1)[1].split()
-
-
-def test_first_run_shows_what_hybrid_batches_do(tmp_path: Path) -> None:
-    """README's first command as written (here a Slurm array, as on any machine with
-    ``srun``; elsewhere local jobs): the tiny preset learns cross-lingual retrieval on the
-    synthetic corpus only from cross-lingual batches, so the three strategies show the
-    paper's trade-off: mono-only best on one language and at chance across languages,
-    cross-only best across, hybrid in between on both, language bias falling with alpha."""
-    if shutil.which("sbatch") is None or not os.environ.get("SLURM_CONF"):
-        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
-            pytest.fail("HBT_REQUIRE_CLUSTER=1 but no Slurm here")
-        pytest.skip("no Slurm here (slurm/local/up.sh)")
-    command = first_run_command()
-    assert command[:2] == ["hbt", "sweep"] and "--out" in command
-    out = tmp_path / "first-run"
-    command[command.index("--out") + 1] = str(out)
-    result = run_hbt(*command[1:], f"data.cache_dir={tmp_path}/cache", timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    by = {r["strategy"]: {k: float(v) for k, v in r.items() if k.endswith(("map", "first"))} for r in rows(out)}
-    mono, hybrid, cross = by["mono-only"], by["hybrid"], by["cross-only"]
-    assert mono["mono_map"] > hybrid["mono_map"] > cross["mono_map"] > 0.6
-    assert mono["cross_map"] < 0.05 < 0.2 < hybrid["cross_map"] < cross["cross_map"]
-    assert mono["own_language_first"] > hybrid["own_language_first"] > cross["own_language_first"]
-    # the table and the heatmaps (as tables) are printed; the PNGs are written
-    assert "| hybrid | 0.5 | 1 |" in result.stdout and result.stdout.count("mAP by query (down) and candidate") == 3
-    assert (out / "sweep.png").stat().st_size > 5000 and (out / "heatmaps-tiny.png").stat().st_size > 10000
-    assert len(list((out / "submitit").glob("*_log.out"))) >= 3  # one array task each
 
 
 def test_local_executor_two_task_job_and_bad_strategy(tmp_path: Path) -> None:
