@@ -183,6 +183,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _columns(text: str | None) -> dict[str, str]:
+    """``id=question_id,query=question`` as {hbt column: the data's column}."""
+    pairs = [part.split("=", 1) for part in (text or "").split(",") if part.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise InputError("--columns", f"expected hbt_column=your_column pairs separated by commas, got {text!r}")
+    return {ours.strip(): theirs.strip() for ours, theirs in pairs}
+
+
 def _mine(args: argparse.Namespace) -> int:
     from hbt.mine import MineArgs, MineSettings, parse_range, run_mine
 
@@ -193,7 +201,7 @@ def _mine(args: argparse.Namespace) -> int:
     settings.validate()
     report = run_mine(MineArgs(args.model, args.data, Path(args.out), settings, args.pooling, args.query_prefix,
                                args.passage_prefix, args.max_length, args.format, args.with_scores, args.cache_dir,
-                               args.holdout_titles, args.holdout_seed))
+                               _columns(args.columns), args.holdout_titles, args.holdout_seed))
     if int(os.environ.get("RANK", "0")) == 0:
         c = report["counts"]
         print(f"{c['written']:,} of {c['pairs']:,} pairs with hard negatives ({c['short']:,} with fewer than {args.k}, "
@@ -315,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--data", required=True, help="Parquet/JSONL shards (a directory or a glob), a save_to_disk dir, "
                       "LAReQA dir/file, .jsonl or synthetic[:...] (anything with pairs)")
     mine.add_argument("--cache-dir", default=".cache/hbt", help="where shards are converted (data.cache_dir)")
+    mine.add_argument("--columns", default=None, metavar="OURS=THEIRS,...",
+                      help="shards' column names, as a source's columns: e.g. id=question_id,query=question")
     mine.add_argument("--holdout-titles", default=None, help="titles to leave out, neither mined nor used as negatives "
                       "(fraction, list or @file; as data.holdout_titles)")
     mine.add_argument("--holdout-seed", type=int, default=0, help="seed of a fractional title split (data.holdout_seed)")

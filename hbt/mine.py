@@ -334,6 +334,7 @@ class MineArgs:
     format: str = "jsonl"
     with_scores: bool = False
     cache_dir: str = ".cache/hbt"  # where shards are converted (data.cache_dir)
+    columns: dict[str, str] = field(default_factory=dict)  # hbt column -> the shards' column (data.sources' columns)
     holdout_titles: str | None = None  # titles neither mined for nor drawn as negatives (the evaluation's)
     holdout_seed: int = 0
     search: Search = field(default_factory=Search)
@@ -353,7 +354,9 @@ def run_mine(a: MineArgs) -> dict:
         raise InputError("--format", f"expected jsonl or parquet, got {a.format!r}")
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    corpus = table_corpus(a.data, a.cache_dir) if is_table_source(a.data) else load_corpus(a.data)
+    if a.columns and not is_table_source(a.data):
+        raise InputError("--columns", "a column mapping applies to Parquet/JSONL shards and saved datasets only")
+    corpus = table_corpus(a.data, a.cache_dir, a.columns) if is_table_source(a.data) else load_corpus(a.data)
     if a.holdout_titles:
         corpus, _ = split_corpus(corpus, a.holdout_titles, a.holdout_seed)
     layout = Layout.of(corpus, s.languages, a.data)

@@ -161,6 +161,7 @@ class LanguageIndex:
         except KeyError as e:
             raise InputError("LanguageIndex", f"an item has no passage id for its language {e.args[0]}") from None
         self._setup(list(languages), offsets, langs, passages)
+        self._pair_order = None  # negatives below follow self.langs, already sorted
         self._set_sources(None, ("data",), None)
         negatives = None
         if negative_ids is not None:  # per pair in the sorted order _setup keeps
@@ -183,8 +184,9 @@ class LanguageIndex:
         trains with, as text ids like ``passages``."""
         self = cls.__new__(cls)
         langs, passages = np.asarray(langs), np.asarray(passages)
-        if negatives is not None and (len(negatives[0]) != len(langs) + 1):
-            raise InputError("LanguageIndex", "negatives need CSR offsets over the pairs (pairs + 1 entries)")
+        if negatives is not None and (len(negatives[0]) != len(langs) + 1 or negatives[0][0] != 0
+                                      or negatives[0][-1] != len(negatives[1]) or (np.diff(negatives[0]) < 0).any()):
+            raise InputError("LanguageIndex", "negatives need CSR offsets over the pairs: pairs + 1 non-decreasing entries from 0 to the ids")
         self._setup(list(languages), np.asarray(offsets), langs, passages)
         self._set_sources(source, sources, weights)
         if negatives is not None and self._pair_order is not None:  # _setup sorted the pairs: follow
@@ -192,6 +194,7 @@ class LanguageIndex:
             lens = np.diff(neg_offsets)[self._pair_order]
             negatives = (np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
                          neg_ids[_csr_take(neg_offsets, self._pair_order)])
+        self._pair_order = None  # O(pairs) memory, needed only for this
         self._set_negatives(negatives)
         return self
 
@@ -618,7 +621,7 @@ class _Planner:
         batch_of = np.repeat(np.arange(len(items), dtype=np.int64), items.shape[1])
         flat = items.ravel()
         at = _csr_take(idx.block_offsets, flat)
-        owner = np.repeat(np.arange(len(flat)), np.diff(idx.block_offsets)[flat])
+        owner = np.repeat(np.arange(len(flat)), idx.block_offsets[flat + 1] - idx.block_offsets[flat])
         present = batch_of * n + idx.group[flat]  # (batch, group) of every slot
         blocked = batch_of[owner] * n + idx.blocks[at]  # (batch, group) every slot blocks
         bad = np.zeros(len(flat), dtype=bool)
@@ -681,7 +684,7 @@ class _Planner:
             cand = items[b2]
             # a candidate must fit batch b without ``mine``: its group, and the groups it blocks
             fits_b = ~np.isin(group[cand], g_rest_b) & ~np.isin(group[cand], blocked_by_rest_b)
-            owner = np.repeat(np.arange(len(cand)), np.diff(offsets)[cand])
+            owner = np.repeat(np.arange(len(cand)), offsets[cand + 1] - offsets[cand])
             fits_b[owner[np.isin(blocks[_csr_take(offsets, cand)], g_rest_b)]] = False
             for j2 in np.flatnonzero(fits_b).tolist():
                 here = self._fits(int(cand[j2]), b, mono, qlang, items, cross)

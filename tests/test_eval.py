@@ -28,6 +28,8 @@ from hbt.eval.run import Layout, evaluate
 from hbt.eval.search import Block, distributed_topk, exact_counts, relevant_scores, spans
 from hbt.model import BiEncoder, build_tiny
 
+pytestmark = pytest.mark.xdist_group("eval")  # one worker: its module fixture is built once
+
 SPEC = TextSpec(max_query_length=16, max_passage_length=32)
 CORPUS = "synthetic:items=120,languages=3,coverage=0.7,seed=5"
 

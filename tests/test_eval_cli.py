@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import run_hbt
 from tests.test_bad_input import assert_one_line_error
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("eval_cli")]  # one worker: its module fixture is built once
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ def test_first_run_shows_what_hybrid_batches_do(tmp_path: Path) -> None:
     assert command[:2] == ["hbt", "sweep"] and "--out" in command
     out = tmp_path / "first-run"
     command[command.index("--out") + 1] = str(out)
-    result = run_hbt(*command[1:], "--executor", "local", f"data.cache_dir={tmp_path}/cache", timeout=900)
+    # options before README's trailing overrides (argparse takes no option after them)
+    result = run_hbt(command[1], "--executor", "local", *command[2:], f"data.cache_dir={tmp_path}/cache", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     with (out / "sweep.csv").open() as f:
         by = {r["strategy"]: {k: float(v) for k, v in r.items() if k.endswith(("map", "first"))} for r in csv.DictReader(f)}

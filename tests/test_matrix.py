@@ -30,7 +30,7 @@ import torch
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("matrix")]  # one worker: its module fixture is built once
 
 BATCH = 12  # the contrastive batch: divisible by 1, 2 and 3 ranks
 LR = 1e-3

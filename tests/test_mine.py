@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import ME5_SMALL, ROOT, XQUAD_R, need, run_hbt
 from tests.test_bad_input import assert_one_line_error
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mine")]  # one worker: its module fixture is built once
 
 DATA = "synthetic:items=200,languages=3,seed=4"
 

@@ -18,7 +18,7 @@ from hbt.checkpoint import Checkpointer
 from tests.conftest import ROOT, run_hbt
 from tests.test_train import losses, ok, overrides, steps_per_epoch, torchrun, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]  # one worker: its module fixture is built once
 
 
 def test_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from hbt.data.tokenize import PairTokenizer, TextSpec
 from hbt.errors import InputError
 from hbt.model import train_tokenizer
 
+pytestmark = pytest.mark.xdist_group("tokenize")  # one worker: its module fixture is built once
+
 TEXTS = ["alpha beta gamma delta", "beta", "gamma delta epsilon zeta eta theta", "iota kappa"]
 
 

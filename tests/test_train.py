@@ -19,7 +19,7 @@ import torch
 
 from tests.conftest import ROOT, run_hbt
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]  # one worker: its module fixture is built once
 
 SMALL = ["data.train=synthetic:items=600,languages=3,seed=1", "train.batch_size=16", "train.epochs=1",
          "train.checkpoint_every=1000", "model.tiny.vocab_size=2000"]

@@ -132,11 +132,11 @@ def corpus_dataset(corpus: Corpus) -> datasets.Dataset:
     }))
 
 
-def table_corpus(source: str, cache_dir: str) -> Corpus:
-    """A shard set (or saved dataset) in hbt's column names as a parsed corpus, for the tools
-    that need one object per pair (``hbt mine``): fine at 10^6 pairs, a source at a time."""
-    ds = map_columns(open_dataset(source, cache_dir), {}, source)
-    name = Path(source.rstrip("/*")).name or source
+def table_corpus(source: str, cache_dir: str, columns: dict[str, str] | None = None) -> Corpus:
+    """A shard set (or saved dataset) as a parsed corpus, its columns mapped as a training
+    source's are, for the tools that need one object per pair (``hbt mine``)."""
+    ds = map_columns(open_dataset(source, cache_dir), columns or {}, source)
+    name = Path(source.split("*")[0].rstrip("/")).name or source  # a glob is named by its directory
     return corpus_from_rows(_rows(ds, source), name, source)
 
 

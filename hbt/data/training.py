@@ -275,13 +275,15 @@ def _negative_hashes(tables: list[datasets.Dataset], row_starts: np.ndarray, row
     lens = np.zeros(total, dtype=np.int64)
     parts: list[np.ndarray] = []
     for start, table in zip(row_starts.tolist(), tables):
-        if "negatives" not in table.column_names:
+        column = table.data.table.column("negatives") if "negatives" in table.column_names else None
+        if column is None or pa.types.is_null(column.type):  # no column, or one that is null throughout
             continue
         at = start
-        for chunk in table.data.table.column("negatives").chunks:
+        for chunk in column.chunks:
             head = pc.list_slice(chunk, 0, k)
             lens[at:at + len(chunk)] = pc.fill_null(pc.list_value_length(head), 0).to_numpy(zero_copy_only=False)
-            parts.append(_hash_texts(pa.chunked_array([pc.list_flatten(head)], pa.string())).view(np.int64))
+            texts = pc.list_flatten(head).cast(pa.string())  # large_string too (Polars writes it)
+            parts.append(_hash_texts(pa.chunked_array([texts], pa.string())).view(np.int64))
             at += len(chunk)
     flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
