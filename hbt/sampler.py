@@ -160,8 +160,7 @@ class LanguageIndex:
                                    dtype=np.int64, count=int(offsets[-1]))
         except KeyError as e:
             raise InputError("LanguageIndex", f"an item has no passage id for its language {e.args[0]}") from None
-        self._setup(list(languages), offsets, langs, passages)
-        self._pair_order = None  # negatives below follow self.langs, already sorted
+        self._setup(list(languages), offsets, langs, passages)  # negatives below follow the sorted self.langs
         self._set_sources(None, ("data",), None)
         negatives = None
         if negative_ids is not None:  # per pair in the sorted order _setup keeps
@@ -187,14 +186,12 @@ class LanguageIndex:
         if negatives is not None and (len(negatives[0]) != len(langs) + 1 or negatives[0][0] != 0
                                       or negatives[0][-1] != len(negatives[1]) or (np.diff(negatives[0]) < 0).any()):
             raise InputError("LanguageIndex", "negatives need CSR offsets over the pairs: pairs + 1 non-decreasing entries from 0 to the ids")
-        self._setup(list(languages), np.asarray(offsets), langs, passages)
+        order = self._setup(list(languages), np.asarray(offsets), langs, passages)
         self._set_sources(source, sources, weights)
-        if negatives is not None and self._pair_order is not None:  # _setup sorted the pairs: follow
+        if negatives is not None and order is not None:  # _setup sorted the pairs: follow
             neg_offsets, neg_ids = negatives
-            lens = np.diff(neg_offsets)[self._pair_order]
-            negatives = (np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-                         neg_ids[_csr_take(neg_offsets, self._pair_order)])
-        self._pair_order = None  # O(pairs) memory, needed only for this
+            lens = np.diff(neg_offsets)[order]
+            negatives = (np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), neg_ids[_csr_take(neg_offsets, order)])
         self._set_negatives(negatives)
         return self
 
@@ -250,7 +247,9 @@ class LanguageIndex:
                                negatives=(np.array(neg_offsets, dtype=np.int64), np.array(negatives, dtype=np.int64))
                                if hard_negatives else None)
 
-    def _setup(self, languages: list[str], offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray) -> None:
+    def _setup(self, languages: list[str], offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray) -> np.ndarray | None:
+        """Check and store the arrays; returns the order it sorted the pairs into (None
+        when they came sorted), which pair-aligned arrays given beside them must follow."""
         where = "LanguageIndex"
         if len(set(languages)) != len(languages):
             raise InputError(where, f"languages repeat: {languages}")
@@ -269,14 +268,14 @@ class LanguageIndex:
         item_of_pair = np.repeat(np.arange(n, dtype=np.int64), lens)
         langs = langs.astype(np.min_scalar_type(max(len(languages) - 1, 0)))
         passages = passages.astype(np.int64, copy=False)
-        self._pair_order: np.ndarray | None = None
+        order = None
         if len(langs) > 1:
             step = np.diff(langs.astype(np.int64))
             inside = item_of_pair[1:] == item_of_pair[:-1]
             if (step[inside] <= 0).any():  # sort each item's languages, then refuse repeats
                 by = np.lexsort((langs, item_of_pair))
                 langs, passages = langs[by], passages[by]
-                self._pair_order = by
+                order = by
                 if ((np.diff(langs.astype(np.int64)) == 0) & inside).any():
                     raise InputError(where, "an item lists a language twice")
         self.languages = languages
@@ -287,6 +286,7 @@ class LanguageIndex:
         self.counts = np.bincount(langs, minlength=len(languages)).astype(np.int64)
         self.group = answer_groups(n, item_of_pair, passages)
         self._group_pools: tuple[np.ndarray, int] | None = None
+        return order
 
     # -- queries (tests, checks and tools; the planner reads the arrays) ----------------
     @property
