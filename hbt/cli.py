@@ -7,6 +7,7 @@ stderr and exit status 2, before any worker starts.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 import time
@@ -386,6 +387,7 @@ def quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    faulthandler.enable()  # a crash in native code (a torchrun worker's SIGSEGV) prints its Python stack
     args = build_parser().parse_args(argv)
     if args.command != "data":
         quiet_libraries()

@@ -2,11 +2,13 @@
 
 The gather follows OpenCLIP's ``ClipLoss(local_loss=True, gather_with_grad=True)``:
 each rank scores its own queries against the passages of *all* ranks, gathered with
-an autograd-aware all-gather (torch's functional ``all_gather_single_autograd``; on a
-torch without it, its predecessor ``torch.distributed.nn.functional.all_gather``, which
-tests/test_loss.py checks gives the same gradients) whose backward sums the gradients
-back to the rank that produced each passage. With the usual averaging of parameter gradients over ranks
-this gives exactly the gradient of the single-process loss over the whole contrastive
+``torch.distributed.nn.functional.all_gather``, whose backward sums the gradients back
+to the rank that produced each passage (a reduce-scatter on NCCL, an all-to-all on
+gloo). Not torch's newer functional ``all_gather_single_autograd``: on gloo (torch
+2.13) its asynchronous reduce-scatters corrupt the heap when several are in flight in
+one backward, as the symmetric loss with hard negatives has three (a SIGSEGV in CI;
+tests/test_loss.py's many-step test reproduces it). With the usual averaging of
+parameter gradients over ranks this gives exactly the gradient of the single-process loss over the whole contrastive
 batch (tests/test_loss.py checks it on 2 and 3 processes).
 """
 
@@ -18,13 +20,9 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_gather
 
 from hbt.model import in_batch_order, length_chunks, take
-
-try:
-    from torch.distributed._functional_collectives import all_gather_single_autograd
-except ImportError:  # older torch: the classic autograd all-gather below
-    all_gather_single_autograd = None
 
 
 def _world() -> tuple[int, int]:
@@ -38,11 +36,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     _, world = _world()
     if world == 1:
         return x
-    if all_gather_single_autograd is None:
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x.contiguous()))
-    return all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+    return torch.cat(all_gather(x.contiguous()))
 
 
 class ContrastiveLoss:

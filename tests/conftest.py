@@ -19,6 +19,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # workers' OpenMP pools spinning against each other on oversubscribed cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+# A process a test starts that dies in native code (a torchrun worker's SIGSEGV) prints
+# its Python stack, so a crash in CI names its frame.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 SHARED = ROOT.parent / "shared"
 XQUAD_R = SHARED / "data" / "xquad-r"
 ME5_SMALL = SHARED / "models" / "me5-small-xquad"

@@ -74,13 +74,9 @@ def loss_and_grads(rank: int, world: int, symmetric: bool, negatives: bool, grad
 
 def _worker(rank: int, world: int, init: str, out: str, kwargs: dict) -> None:
     torch.set_num_threads(1)
-    if kwargs.pop("classic_gather", False):  # what a torch without the functional collective runs
-        import hbt.loss
-
-        hbt.loss.all_gather_single_autograd = None
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        result = loss_and_grads(rank, world, **kwargs)
+        result = many_steps(rank, **kwargs) if "steps" in kwargs else loss_and_grads(rank, world, **kwargs)
         if rank == 0:
             torch.save(result, out)
     finally:
@@ -156,12 +152,27 @@ def test_length_sorted_chunks_across_ranks_equal_single_process(grad_cache: int 
     assert abs(loss - ref_loss) <= 1e-5 and max_diff(grads, ref_grads) <= 1e-5
 
 
+def many_steps(rank: int, steps: int) -> tuple[int, float]:
+    """``steps`` backward passes of the symmetric loss with hard negatives (three gathers
+    in flight per backward) on small embeddings of varying batch size; the last loss."""
+    torch.manual_seed(rank)
+    proj = torch.nn.Linear(16, 8)
+    loss_fn = ContrastiveLoss(temperature=0.05, symmetric=True)
+    for step in range(steps):
+        n = 4 + step % 5
+        loss = loss_fn(proj(torch.randn(n, 16)), proj(torch.randn(n, 16)), proj(torch.randn(2 * n, 16)))
+        loss.backward()
+    return steps, loss.item()
+
+
 @pytest.mark.slow
-def test_classic_autograd_all_gather_gives_the_same_gradients() -> None:
-    """The fallback for torch releases without ``all_gather_single_autograd``."""
-    ref_loss, ref_grads = loss_and_grads(0, 1, grad_cache=None, symmetric=True, negatives=True)
-    loss, grads = run_world(2, grad_cache=None, symmetric=True, negatives=True, classic_gather=True)
-    assert abs(loss - ref_loss) <= 1e-5 and max_diff(grads, ref_grads) <= 1e-5
+def test_gather_backward_holds_over_many_steps() -> None:
+    """The cross-rank gather survives thousands of backward passes on gloo. torch's
+    functional ``all_gather_single_autograd`` did not: its reduce-scatters corrupted the
+    heap (a SIGSEGV or "malloc(): unaligned tcache chunk") in 2 of 3 runs of 1,500 steps,
+    and once in CI's configuration matrix."""
+    steps, loss = run_world(2, steps=2000)
+    assert steps == 2000 and loss == loss
 
 
 @pytest.mark.slow
