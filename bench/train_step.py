@@ -20,7 +20,8 @@ sentence-transformers are timed from one step's end to the next, the bare loops 
 padding to optimizer step. Each measurement is a fresh process; samples/s is the median
 over the steps after --warmup; contenders alternate within each round; each table gives
 medians over rounds, every round's value, and ratios against the bare loop, then the
-ratios the targets are about.
+ratios the targets are about. On a machine with a GPU every contender trains there in
+bf16 (as ``hbt train``'s ``train.precision=auto`` does), else on the CPU in fp32.
 
     python bench/train_step.py --preset tiny,me5 --batch 32,128 --rounds 3   # me5 needs ../shared
     python bench/train_step.py --preset me5 --contenders bare,bare-chunked --chunk-tokens 256,512,1024,2048
@@ -42,17 +43,35 @@ from typing import Callable
 from benchlib import alternate, child, machine, median_table
 
 PRESETS = {
+    # the tiny preset's model is configs/tiny.yaml's (hbt train --config configs/tiny.yaml), with its lengths
     "tiny": {"model": "runs/tiny/model", "data": "synthetic:items=4000,languages=4,seed=0", "prefixes": ("", ""),
-             "batch": 64, "steps": 40, "warmup": 5},
+             "lengths": (16, 32), "batch": 64, "steps": 40, "warmup": 5},
     "me5": {"model": "../shared/models/me5-small-xquad", "data": "../shared/data/xquad-r", "prefixes": ("query: ", "passage: "),
-            "batch": 32, "steps": 8, "warmup": 2},
+            "lengths": (32, 64), "batch": 32, "steps": 8, "warmup": 2},
 }
-MAXQ, MAXP, LR, TEMP = 32, 64, 2e-5, 0.05
+LR, TEMP = 2e-5, 0.05
+
+
+def compute() -> tuple[str, bool]:
+    """Where the bare loops and sentence-transformers train, and whether in bf16: the GPU
+    in bf16 when there is one, as ``hbt train``'s ``train.precision=auto`` does, else the
+    CPU in fp32."""
+    import torch
+
+    return ("cuda", True) if torch.cuda.is_available() else ("cpu", False)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so the clock reads the step's end, not its launch."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def hbt_overrides(p: dict, tmp: str, steps: int) -> list[str]:
     return [f"run.dir={tmp}/run", f"data.train={p['data']}", f"model.name={p['model']}", f"model.query_prefix={p['prefixes'][0]}",
-            f"model.passage_prefix={p['prefixes'][1]}", f"model.max_query_length={MAXQ}", f"model.max_passage_length={MAXP}",
+            f"model.passage_prefix={p['prefixes'][1]}", f"model.max_query_length={p['lengths'][0]}", f"model.max_passage_length={p['lengths'][1]}",
             f"train.batch_size={p['batch']}", f"train.max_steps={steps}", f"train.lr={LR}", f"train.temperature={TEMP}",
             "train.checkpoint_every=100000", "train.grad_clip=0", "data.holdout_titles=null", f"data.cache_dir={tmp}/cache",
             "train.warmup_ratio=0", "model.dropout=0.1", "train.epochs=100"]
@@ -90,17 +109,21 @@ def run_bare(p: dict, steps: int, warmup: int, chunk_tokens: int | None = None) 
 
     batches = text_batches(p, steps)
     encoder, tok = load_pretrained(p["model"])
-    model = BiEncoder(encoder, "mean").train()
+    device, bf16 = compute()
+    model = BiEncoder(encoder, "mean").to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    ids = [(tok(q, truncation=True, max_length=MAXQ)["input_ids"], tok(d, truncation=True, max_length=MAXP)["input_ids"]) for q, d in batches]
+    ids = [(tok(q, truncation=True, max_length=p["lengths"][0])["input_ids"], tok(d, truncation=True, max_length=p["lengths"][1])["input_ids"]) for q, d in batches]
     encode = (lambda part: model(**part)) if chunk_tokens is None else (lambda part: encode_chunked(lambda c: model(**c), part, chunk_tokens))
     times = []
     for q, d in ids:
         tick = time.perf_counter()
-        qe, de = encode(pad(q, tok.pad_token_id)), encode(pad(d, tok.pad_token_id))
-        F.cross_entropy(qe @ de.T / TEMP, torch.arange(len(q))).backward()
+        with torch.autocast(device, torch.bfloat16, enabled=bf16):
+            qe, de = (encode({k: v.to(device) for k, v in pad(side, tok.pad_token_id).items()}) for side in (q, d))
+            loss = F.cross_entropy(qe.float() @ de.float().T / TEMP, torch.arange(len(q), device=device))
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        synchronize(device)
         times.append(time.perf_counter() - tick)
     return p["batch"] / statistics.median(times[warmup:])
 
@@ -122,8 +145,9 @@ def run_st(p: dict, steps: int, warmup: int, cached: bool = False) -> float:
     from transformers import TrainerCallback
 
     batches = text_batches(p, steps)
-    transformer = Transformer(p["model"], max_seq_length=MAXP)
-    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_word_embedding_dimension(), "mean"), Normalize()], device="cpu")
+    transformer = Transformer(p["model"], max_seq_length=p["lengths"][1])
+    device, bf16 = compute()
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_word_embedding_dimension(), "mean"), Normalize()], device=device)
     data = datasets.Dataset.from_dict({"anchor": [q for qs, _ in batches for q in qs], "positive": [d for _, ds in batches for d in ds]})
     ends: list[float] = []
 
@@ -137,7 +161,8 @@ def run_st(p: dict, steps: int, warmup: int, cached: bool = False) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=p["batch"], max_steps=steps, learning_rate=LR, warmup_steps=0,
-            report_to="none", save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_drop_last=True, seed=0)
+            report_to="none", save_strategy="no", logging_strategy="no", use_cpu=device == "cpu", bf16=bf16,
+            dataloader_drop_last=True, seed=0)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Clock()])
         trainer.train()
     times = [b - a for a, b in zip(ends, ends[1:])]
@@ -157,17 +182,22 @@ def sweep(p: dict, steps: int, warmup: int, budgets: list[int | None]) -> dict[s
 
     batches = text_batches(p, steps)
     encoder, tok = load_pretrained(p["model"])
-    model = BiEncoder(encoder, "mean").train()
+    device, bf16 = compute()
+    model = BiEncoder(encoder, "mean").to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     times: dict[str, list[float]] = {str(b): [] for b in budgets}
     for n, (q, d) in enumerate(batches):
-        q, d = tok(q, truncation=True, max_length=MAXQ)["input_ids"], tok(d, truncation=True, max_length=MAXP)["input_ids"]
+        q, d = tok(q, truncation=True, max_length=p["lengths"][0])["input_ids"], tok(d, truncation=True, max_length=p["lengths"][1])["input_ids"]
         for budget in budgets:
             tick = time.perf_counter()
-            qe, de = (encode_chunked(lambda c: model(**c), pad(side, tok.pad_token_id), budget) for side in (q, d))
-            F.cross_entropy(qe @ de.T / TEMP, torch.arange(len(q))).backward()
+            with torch.autocast(device, torch.bfloat16, enabled=bf16):
+                qe, de = (encode_chunked(lambda c: model(**c), {k: v.to(device) for k, v in pad(side, tok.pad_token_id).items()}, budget)
+                          for side in (q, d))
+                loss = F.cross_entropy(qe.float() @ de.float().T / TEMP, torch.arange(len(q), device=device))
+            loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            synchronize(device)
             if n >= warmup:
                 times[str(budget)].append(time.perf_counter() - tick)
             print(f"batch {n} chunk_tokens={budget}: {time.perf_counter() - tick:.2f} s", file=sys.stderr, flush=True)
@@ -208,8 +238,8 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", help=f"comma-separated, of {', '.join(PRESETS)}")
     parser.add_argument("--batch", help="contrastive batch sizes, comma-separated (default: the preset's)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {', '.join(CONTENDERS)}")
-    parser.add_argument("--chunk-tokens", default=str(TrainConfig.chunk_tokens),
-                        help="token budget(s) of the chunked contenders, comma-separated (default: train.chunk_tokens's)")
+    parser.add_argument("--chunk-tokens", default=str(TrainConfig().token_budget(gpu=False)),
+                        help="token budget(s) of the chunked contenders, comma-separated (default: train.chunk_tokens=auto's on a CPU)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
@@ -237,7 +267,7 @@ def main() -> None:
         p = PRESETS[preset]
         steps, warmup = args.steps or p["steps"], args.warmup or p["warmup"]
         for batch in [int(b) for b in args.batch.split(",")] if args.batch else [p["batch"]]:
-            print(f"\n{p['model']}, contrastive batch {batch}, max lengths {MAXQ}/{MAXP}, {steps} steps ({warmup} warm-up), "
+            print(f"\n{p['model']}, contrastive batch {batch}, max lengths {p['lengths'][0]}/{p['lengths'][1]}, {steps} steps ({warmup} warm-up), "
                   f"chunks of {args.chunk_tokens} tokens, medians of {args.rounds} rounds, contenders alternating\n")
             command = [sys.executable, __file__, "--preset", preset, "--batch", str(batch), "--steps", str(steps),
                        "--warmup", str(warmup), "--child"]

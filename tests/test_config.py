@@ -32,6 +32,18 @@ def test_overrides_are_typed_yaml_values() -> None:
     assert (e5.model.query_prefix, e5.model.passage_prefix) == ("query: ", "passage: ")
 
 
+def test_chunk_tokens_auto_chunks_on_a_cpu_and_not_on_a_gpu() -> None:
+    """The measured defaults (BENCHMARKS §1): 512-token chunks on a CPU, one padded pass
+    on a GPU; a number or null is kept on both."""
+    auto = load_config(None, []).train
+    assert auto.chunk_tokens == "auto" and auto.token_budget(gpu=False) == 512 and auto.token_budget(gpu=True) is None
+    for value, budget in (("256", 256), ("null", None)):
+        train = load_config(None, [f"train.chunk_tokens={value}"]).train
+        assert train.token_budget(gpu=False) == train.token_budget(gpu=True) == budget
+    with pytest.raises(InputError, match="'auto'"):
+        load_config(None, ["train.chunk_tokens=big"])
+
+
 @pytest.mark.parametrize("override,where", [
     ("train.nope=1", "train.nope"), ("model.tiny.layers=two", "model.tiny.layers"), ("train.symmetric=3", "train.symmetric"),
     ("train.mix=sometimes", "train.mix"), ("train.warmup_ratio=1", "train.warmup_ratio"), ("model.dropout=1.5", "model.dropout"),
