@@ -129,9 +129,9 @@ class LanguageIndex:
       it is connected to by sharing a passage id. A contrastive batch holds at most one
       item per group, which rules out every false negative (docs/sampler.md);
     * ``counts`` (languages): items per language;
-    * ``block_offsets`` / ``blocks`` (CSR over items): with hard negatives, the answer
-      groups other than its own that one of the item's negatives is a positive of. A
-      batch never holds an item and a member of a group it blocks, so no hard negative is
+    * ``block_offsets`` / ``blocks`` (CSR over pairs): with hard negatives, the answer
+      groups other than its own that one of the pair's negatives is a positive of. A
+      batch never holds a pair and a member of a group it blocks, so no hard negative is
       relevant to another query of its batch (docs/sampler.md).
 
     ``LanguageIndex(languages, item_langs, passage_ids, negative_ids)`` takes Python lists
@@ -207,25 +207,37 @@ class LanguageIndex:
             raise InputError("data.sources", f"weights must be in (0, 1], got {self.weights.tolist()}")
 
     def _set_negatives(self, negatives: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """``blocks``: per item, the answer groups (not its own) that hold one of its
-        negatives as a positive: a negative equal to item B's passage, in any language, is
-        relevant to B's query, and B's group is every item sharing a passage with B."""
+        """``blocks``: per (item, language) pair, the answer groups (not its own) that hold
+        one of that pair's negatives as a positive: a negative equal to item B's passage, in
+        any language, is relevant to B's query, and B's group is every item sharing a
+        passage with B. Per pair, not per item: a pair trains with the negatives of the
+        passage language it is given, so only those can meet another query of its batch
+        (per item, an 11-language item blocked every group any of its languages' negatives
+        answer, which left a small pool unplannable)."""
         n = self.n_items
-        self.block_offsets, self.blocks = np.zeros(n + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
+        self.block_offsets, self.blocks = np.zeros(len(self.langs) + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
         if negatives is None or not len(negatives[1]) or not len(self.passages):
             return
         neg_offsets, neg_ids = negatives
         item_of_pair = np.repeat(np.arange(n, dtype=np.int64), self.n_langs)
-        item_of_neg = np.repeat(item_of_pair, np.diff(neg_offsets))
+        pair_of_neg = np.repeat(np.arange(len(self.langs), dtype=np.int64), np.diff(neg_offsets))
         by_text = np.argsort(self.passages, kind="stable")
         texts = self.passages[by_text]
         at = np.minimum(np.searchsorted(texts, neg_ids), len(texts) - 1)
         hit = texts[at] == neg_ids
-        item, group = item_of_neg[hit], self.group[item_of_pair[by_text[at[hit]]]]
-        other = group != self.group[item]  # its own group's text: nothing a batch can change
-        key = np.unique(item[other] * n + group[other])
-        np.cumsum(np.bincount(key // n, minlength=n), out=self.block_offsets[1:])
+        pair, group = pair_of_neg[hit], self.group[item_of_pair[by_text[at[hit]]]]
+        other = group != self.group[item_of_pair[pair]]  # its own group's text: nothing a batch can change
+        key = np.unique(pair[other] * n + group[other])
+        np.cumsum(np.bincount(key // n, minlength=len(self.langs)), out=self.block_offsets[1:])
         self.blocks = key % n
+        self._pair_keys = item_of_pair * len(self.languages) + self.langs  # ascending: items, then languages
+
+    def blocked_by(self, items: np.ndarray, langs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The answer groups that ``items`` block when they train with passages in
+        ``langs`` (each item must have its language), as (position in the input, group)."""
+        pairs = np.searchsorted(self._pair_keys, np.asarray(items) * len(self.languages) + np.asarray(langs))
+        owner = np.repeat(np.arange(len(pairs)), self.block_offsets[pairs + 1] - self.block_offsets[pairs])
+        return owner, self.blocks[_csr_take(self.block_offsets, pairs)]
 
     @classmethod
     def from_corpus(cls, corpus: Corpus, hard_negatives: int = 0) -> "LanguageIndex":
@@ -614,16 +626,16 @@ class _Planner:
         in_plan[items.ravel()] = True
         return EpochPlan(idx.languages, mono, items, qlang, plang, order[~in_plan[order]])
 
-    def _conflicts(self, items: np.ndarray) -> np.ndarray:
-        """Per batch (rows of ``items``), the slots whose item blocks the group of another
-        item of the batch, or whose group another item blocks; all batches at once."""
+    def _conflicts(self, items: np.ndarray, plang: np.ndarray) -> np.ndarray:
+        """Per batch (rows of ``items``, passage languages ``plang``), the slots whose pair
+        blocks the group of another item of the batch, or whose group another pair blocks;
+        all batches at once."""
         idx, n = self.index, self.index.n_items
         batch_of = np.repeat(np.arange(len(items), dtype=np.int64), items.shape[1])
         flat = items.ravel()
-        at = _csr_take(idx.block_offsets, flat)
-        owner = np.repeat(np.arange(len(flat)), idx.block_offsets[flat + 1] - idx.block_offsets[flat])
+        owner, groups = idx.blocked_by(flat, plang.ravel())
         present = batch_of * n + idx.group[flat]  # (batch, group) of every slot
-        blocked = batch_of[owner] * n + idx.blocks[at]  # (batch, group) every slot blocks
+        blocked = batch_of[owner] * n + groups  # (batch, group) every slot blocks
         bad = np.zeros(len(flat), dtype=bool)
         bad[owner[np.isin(blocked, present)]] = True  # it blocks someone here
         bad[np.isin(present, blocked)] = True  # someone here blocks it
@@ -631,17 +643,17 @@ class _Planner:
 
     def _separate(self, mono: np.ndarray, items: np.ndarray, qlang: np.ndarray, plang: np.ndarray,
                   cross: tuple[np.ndarray | None, np.ndarray | None]) -> None:
-        """Swap items between batches until no batch holds an item together with an item
+        """Swap items between batches until no batch holds a pair together with an item
         of a group it blocks. A moved item takes its new batch's language (monolingual) or
         its epoch's cross-lingual language pair, so batches keep their kind, language,
         size and source (``same_source``), and the epoch keeps its items. In place and a
         pure function of the plan (so rank-count invariant and resumable). Conflicts are
         rare in a large pool; each is mended by the first admissible swap, looked for in the
         following batches."""
-        todo = np.flatnonzero(self._conflicts(items).any(axis=1))
+        todo = np.flatnonzero(self._conflicts(items, plang).any(axis=1))
         for b in todo.tolist():
             while True:
-                bad = np.flatnonzero(self._conflicts(items[b:b + 1])[0])
+                bad = np.flatnonzero(self._conflicts(items[b:b + 1], plang[b:b + 1])[0])
                 if not len(bad):
                     break
                 if not self._swap_out(b, int(bad[0]), mono, items, qlang, plang, cross):
@@ -670,27 +682,27 @@ class _Planner:
         """Swap slot ``j`` of batch ``b`` with the first slot of a later (then earlier)
         batch where both items fit and then sit without conflict; False if none."""
         idx = self.index
-        group, offsets, blocks = idx.group, idx.block_offsets, idx.blocks
+        group = idx.group
         mine = int(items[b, j])
-        rest_b = np.delete(items[b], j)
-        g_rest_b = group[rest_b]
-        blocked_by_rest_b = blocks[_csr_take(offsets, rest_b)]
-        my_blocks = blocks[offsets[mine]:offsets[mine + 1]]
+        keep = np.arange(items.shape[1]) != j
+        g_rest_b = group[items[b, keep]]
+        blocked_by_rest_b = idx.blocked_by(items[b, keep], plang[b, keep])[1]
         n = len(items)
         for b2 in ((b + step) % n for step in range(1, n)):
             there = self._fits(mine, b2, mono, qlang, items, cross)
             if there is None:
                 continue
+            my_blocks = idx.blocked_by(np.array([mine]), np.array([there[1]]))[1]
             cand = items[b2]
-            # a candidate must fit batch b without ``mine``: its group, and the groups it blocks
-            fits_b = ~np.isin(group[cand], g_rest_b) & ~np.isin(group[cand], blocked_by_rest_b)
-            owner = np.repeat(np.arange(len(cand)), offsets[cand + 1] - offsets[cand])
-            fits_b[owner[np.isin(blocks[_csr_take(offsets, cand)], g_rest_b)]] = False
-            for j2 in np.flatnonzero(fits_b).tolist():
+            owners, blocked_in_b2 = idx.blocked_by(cand, plang[b2])
+            # a candidate must fit batch b without ``mine``: its group not there, nor blocked there
+            for j2 in np.flatnonzero(~np.isin(group[cand], g_rest_b) & ~np.isin(group[cand], blocked_by_rest_b)).tolist():
                 here = self._fits(int(cand[j2]), b, mono, qlang, items, cross)
+                if here is None or np.isin(idx.blocked_by(cand[j2:j2 + 1], np.array([here[1]]))[1], g_rest_b).any():
+                    continue
                 rest_b2 = np.delete(cand, j2)
-                if here is None or group[mine] in group[rest_b2] or np.isin(group[rest_b2], my_blocks).any() \
-                        or group[mine] in blocks[_csr_take(offsets, rest_b2)]:
+                if group[mine] in group[rest_b2] or np.isin(group[rest_b2], my_blocks).any() \
+                        or group[mine] in blocked_in_b2[owners != j2]:
                     continue
                 items[b, j], items[b2, j2] = cand[j2], mine
                 (qlang[b, j], plang[b, j]), (qlang[b2, j2], plang[b2, j2]) = here, there
