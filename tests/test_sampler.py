@@ -269,6 +269,26 @@ def test_no_hard_negative_is_relevant_to_another_query_of_its_batch(drawn, c: di
     assert plain is not None and len(plain.plan(epoch)) == len(plan) and plain.mix(epoch) == sampler.mix(epoch)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_a_pair_is_kept_from_what_its_own_passage_languages_negatives_answer(alpha: float) -> None:
+    """A pair trains with the negatives of its passage language, so those are the ones kept
+    apart from the queries they answer: here item i's English negative is item i+1's
+    English passage and its German one item i+2's German passage (every passage its own
+    answer group), so a pair trained into German must not meet item i+2 and one into
+    English not item i+1, over every epoch's moved items. Blocking by the query's language
+    instead fails this."""
+    n, en, de = 48, 0, 1
+    negatives = [{en: [2 * ((i + 1) % n)], de: [2 * ((i + 2) % n) + 1]} for i in range(n)]
+    index = LanguageIndex(["en", "de"], [(en, de)] * n, [{en: 2 * i, de: 2 * i + 1} for i in range(n)], negatives)
+    sampler = HybridBatchSampler(index, SamplerConfig(batch_size=8, alpha=alpha, seed=3))
+    for epoch in range(6):
+        for batch in sampler.plan(epoch):
+            items = {i for i, _, _ in batch.pairs}
+            for i, _, plang in batch.pairs:
+                answered = (i + 1) % n if plang == "en" else (i + 2) % n
+                assert answered not in items, (epoch, batch.label, i, plang)
+
+
 @SETTINGS
 @given(data=datasets())
 def test_answer_groups_are_the_connected_items(data: Data) -> None:
