@@ -58,7 +58,7 @@ def measure(pairs: int, k: int, batch: int) -> dict:
     tick = time.perf_counter()
     plan = planner.plan(0, np.empty(0, np.int64))
     elapsed = time.perf_counter() - tick
-    conflicts = int(planner._conflicts(plan.items).any(axis=1).sum()) if k else 0
+    conflicts = int(planner._conflicts(plan.items, plan.plang).any(axis=1).sum()) if k else 0
     return {"pairs": int(offsets[-1]), "build_s": build, "plan_s": elapsed, "rss_mib": peak_rss_mib(),
             "blocks": int(len(index.blocks)), "batches": len(plan), "left_in_conflict": conflicts}
 

@@ -239,7 +239,8 @@ def main() -> None:
     parser.add_argument("--batch", help="contrastive batch sizes, comma-separated (default: the preset's)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {', '.join(CONTENDERS)}")
     parser.add_argument("--chunk-tokens", default=str(TrainConfig().token_budget(gpu=False)),
-                        help="token budget(s) of the chunked contenders, comma-separated (default: train.chunk_tokens=auto's on a CPU)")
+                        help="token budget(s) of the chunked contenders, comma-separated; null: one padded pass (default: "
+                             "train.chunk_tokens=auto's on a CPU; on a GPU auto is null, the hbt padded contender)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
@@ -271,7 +272,7 @@ def main() -> None:
                   f"chunks of {args.chunk_tokens} tokens, medians of {args.rounds} rounds, contenders alternating\n")
             command = [sys.executable, __file__, "--preset", preset, "--batch", str(batch), "--steps", str(steps),
                        "--warmup", str(warmup), "--child"]
-            contenders = {label(name, budget, len(budgets) > 1): partial(child, [*command, name, "--chunk-tokens", str(budget)])
+            contenders = {label(name, budget, len(budgets) > 1): partial(child, [*command, name, "--chunk-tokens", "null" if budget is None else str(budget)])
                           for name in names for budget in (budgets if name in CHUNKED else budgets[:1])}
             results = alternate(contenders, args.rounds)
             print(median_table(results, {"samples_per_s": "samples/s"}, ratios=["samples_per_s"], label="contender",

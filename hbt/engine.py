@@ -108,7 +108,7 @@ class Engine:
             # into the optimizer's partitions, and skipping it breaks the step.
             self.engine.enable_backward_allreduce = False
         self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric)
-        self.chunk_tokens = t.token_budget(gpu=self.engine.device.type == "cuda")
+        self.chunk_tokens = t.token_budget(gpu=torch.cuda.is_available())
         self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, fingerprint=fingerprint)
         self.state = TrainState()
 

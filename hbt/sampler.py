@@ -216,6 +216,7 @@ class LanguageIndex:
         answer, which left a small pool unplannable)."""
         n = self.n_items
         self.block_offsets, self.blocks = np.zeros(len(self.langs) + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
+        self._pair_keys: np.ndarray | None = None  # built by blocked_by, which only a plan with blocks calls
         if negatives is None or not len(negatives[1]) or not len(self.passages):
             return
         neg_offsets, neg_ids = negatives
@@ -230,11 +231,13 @@ class LanguageIndex:
         key = np.unique(pair[other] * n + group[other])
         np.cumsum(np.bincount(key // n, minlength=len(self.langs)), out=self.block_offsets[1:])
         self.blocks = key % n
-        self._pair_keys = item_of_pair * len(self.languages) + self.langs  # ascending: items, then languages
 
     def blocked_by(self, items: np.ndarray, langs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The answer groups that ``items`` block when they train with passages in
-        ``langs`` (each item must have its language), as (position in the input, group)."""
+        ``langs`` (each item must have its language: the planner only asks for those), as
+        (position in the input, group)."""
+        if self._pair_keys is None:  # (item, language) of every pair, ascending as the pairs are
+            self._pair_keys = np.repeat(np.arange(self.n_items, dtype=np.int64), self.n_langs) * len(self.languages) + self.langs
         pairs = np.searchsorted(self._pair_keys, np.asarray(items) * len(self.languages) + np.asarray(langs))
         owner = np.repeat(np.arange(len(pairs)), self.block_offsets[pairs + 1] - self.block_offsets[pairs])
         return owner, self.blocks[_csr_take(self.block_offsets, pairs)]

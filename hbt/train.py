@@ -144,7 +144,11 @@ def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Pa
     encoder, tokenizer = build_model(cfg, data, run_dir, env)
     m = cfg.model
     spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
-    fp = run_fingerprint.fingerprint(cfg.to_dict(), data.fingerprint, tokenizer_fingerprint(tokenizer),
+    shaping = cfg.to_dict()
+    # What runs, not "auto": a run from before the key defaulted to auto (512) resumes on a
+    # CPU, and one moved between a CPU and a GPU is refused (its chunks and dropout change).
+    shaping["train"]["chunk_tokens"] = cfg.train.token_budget(gpu=torch.cuda.is_available())
+    fp = run_fingerprint.fingerprint(shaping, data.fingerprint, tokenizer_fingerprint(tokenizer),
                                      run_fingerprint.model_digest(encoder), env.world_size)
     sampler = sampler_for(cfg, data, env.world_size, env.rank)
     from hbt.engine import Engine  # imports deepspeed: after the cheap checks above
