@@ -238,9 +238,12 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", help=f"comma-separated, of {', '.join(PRESETS)}")
     parser.add_argument("--batch", help="contrastive batch sizes, comma-separated (default: the preset's)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {', '.join(CONTENDERS)}")
-    parser.add_argument("--chunk-tokens", default=str(TrainConfig().token_budget(gpu=False)),
-                        help="token budget(s) of the chunked contenders, comma-separated; null: one padded pass (default: "
-                             "train.chunk_tokens=auto's on a CPU; on a GPU auto is null, the hbt padded contender)")
+    import torch
+
+    auto = TrainConfig().token_budget(gpu=torch.cuda.is_available())
+    parser.add_argument("--chunk-tokens", default="null" if auto is None else str(auto),
+                        help="token budget(s) of the chunked contenders, comma-separated; null: one padded pass "
+                             "(default: what train.chunk_tokens=auto runs on this machine)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)

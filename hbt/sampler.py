@@ -238,7 +238,10 @@ class LanguageIndex:
         (position in the input, group)."""
         if self._pair_keys is None:  # (item, language) of every pair, ascending as the pairs are
             self._pair_keys = np.repeat(np.arange(self.n_items, dtype=np.int64), self.n_langs) * len(self.languages) + self.langs
-        pairs = np.searchsorted(self._pair_keys, np.asarray(items) * len(self.languages) + np.asarray(langs))
+        keys = np.asarray(items) * len(self.languages) + np.asarray(langs)
+        pairs = np.searchsorted(self._pair_keys, keys)
+        if len(pairs) and (pairs.max() >= len(self._pair_keys) or (self._pair_keys[pairs] != keys).any()):
+            raise ValueError("blocked_by: an item asked for in a language it does not have")
         owner = np.repeat(np.arange(len(pairs)), self.block_offsets[pairs + 1] - self.block_offsets[pairs])
         return owner, self.blocks[_csr_take(self.block_offsets, pairs)]
 
