@@ -99,32 +99,51 @@ def text_batches(p: dict, steps: int) -> list[tuple[list[str], list[str]]]:
     return out
 
 
+class BareLoop:
+    """The bare loop: the model, a plain AdamW, the preset's batches as token ids, and one
+    timed step (the bare contenders and ``--sweep`` share it)."""
+
+    def __init__(self, p: dict, steps: int):
+        import torch
+
+        from hbt.model import BiEncoder, load_pretrained
+
+        encoder, tok = load_pretrained(p["model"])
+        self.device, self.bf16 = compute()
+        self.model = BiEncoder(encoder, "mean").to(self.device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.01)
+        self.pad_id = tok.pad_token_id
+        self.batches = [(tok(q, truncation=True, max_length=p["lengths"][0])["input_ids"],
+                         tok(d, truncation=True, max_length=p["lengths"][1])["input_ids"]) for q, d in text_batches(p, steps)]
+
+    def step(self, q: list[list[int]], d: list[list[int]], chunk_tokens: int | None) -> float:
+        """Seconds for one step, from padding to the optimizer step: each side one padded
+        pass, or with ``chunk_tokens`` in length-sorted chunks."""
+        import torch
+        import torch.nn.functional as F
+
+        from hbt.data.tokenize import pad
+        from hbt.model import encode_chunked
+
+        def encode(ids: list[list[int]]) -> torch.Tensor:
+            part = {k: v.to(self.device) for k, v in pad(ids, self.pad_id).items()}
+            return self.model(**part) if chunk_tokens is None else encode_chunked(lambda c: self.model(**c), part, chunk_tokens)
+
+        tick = time.perf_counter()
+        with torch.autocast(self.device, torch.bfloat16, enabled=self.bf16):
+            qe, de = encode(q), encode(d)
+            loss = F.cross_entropy(qe.float() @ de.float().T / TEMP, torch.arange(len(q), device=self.device))
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        synchronize(self.device)
+        return time.perf_counter() - tick
+
+
 def run_bare(p: dict, steps: int, warmup: int, chunk_tokens: int | None = None) -> float:
     """The bare loop; with ``chunk_tokens`` each side is encoded in length-sorted chunks."""
-    import torch
-    import torch.nn.functional as F
-
-    from hbt.data.tokenize import pad
-    from hbt.model import BiEncoder, encode_chunked, load_pretrained
-
-    batches = text_batches(p, steps)
-    encoder, tok = load_pretrained(p["model"])
-    device, bf16 = compute()
-    model = BiEncoder(encoder, "mean").to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
-    ids = [(tok(q, truncation=True, max_length=p["lengths"][0])["input_ids"], tok(d, truncation=True, max_length=p["lengths"][1])["input_ids"]) for q, d in batches]
-    encode = (lambda part: model(**part)) if chunk_tokens is None else (lambda part: encode_chunked(lambda c: model(**c), part, chunk_tokens))
-    times = []
-    for q, d in ids:
-        tick = time.perf_counter()
-        with torch.autocast(device, torch.bfloat16, enabled=bf16):
-            qe, de = (encode({k: v.to(device) for k, v in pad(side, tok.pad_token_id).items()}) for side in (q, d))
-            loss = F.cross_entropy(qe.float() @ de.float().T / TEMP, torch.arange(len(q), device=device))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        synchronize(device)
-        times.append(time.perf_counter() - tick)
+    loop = BareLoop(p, steps)
+    times = [loop.step(q, d, chunk_tokens) for q, d in loop.batches]
     return p["batch"] / statistics.median(times[warmup:])
 
 
@@ -174,33 +193,14 @@ def sweep(p: dict, steps: int, warmup: int, budgets: list[int | None]) -> dict[s
     same batches, so only the chunking differs): samples/s per budget, median over the
     steps after ``warmup`` rounds. Cheaper than a fresh process per budget, for choosing
     ``train.chunk_tokens``."""
-    import torch
-    import torch.nn.functional as F
-
-    from hbt.data.tokenize import pad
-    from hbt.model import BiEncoder, encode_chunked, load_pretrained
-
-    batches = text_batches(p, steps)
-    encoder, tok = load_pretrained(p["model"])
-    device, bf16 = compute()
-    model = BiEncoder(encoder, "mean").to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    loop = BareLoop(p, steps)
     times: dict[str, list[float]] = {str(b): [] for b in budgets}
-    for n, (q, d) in enumerate(batches):
-        q, d = tok(q, truncation=True, max_length=p["lengths"][0])["input_ids"], tok(d, truncation=True, max_length=p["lengths"][1])["input_ids"]
+    for n, (q, d) in enumerate(loop.batches):
         for budget in budgets:
-            tick = time.perf_counter()
-            with torch.autocast(device, torch.bfloat16, enabled=bf16):
-                qe, de = (encode_chunked(lambda c: model(**c), {k: v.to(device) for k, v in pad(side, tok.pad_token_id).items()}, budget)
-                          for side in (q, d))
-                loss = F.cross_entropy(qe.float() @ de.float().T / TEMP, torch.arange(len(q), device=device))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            synchronize(device)
+            seconds = loop.step(q, d, budget)
             if n >= warmup:
-                times[str(budget)].append(time.perf_counter() - tick)
-            print(f"batch {n} chunk_tokens={budget}: {time.perf_counter() - tick:.2f} s", file=sys.stderr, flush=True)
+                times[str(budget)].append(seconds)
+            print(f"batch {n} chunk_tokens={budget}: {seconds:.2f} s", file=sys.stderr, flush=True)
     return {b: p["batch"] / statistics.median(t) for b, t in times.items()}
 
 
