@@ -8,8 +8,9 @@ gloo). Not torch's newer functional ``all_gather_single_autograd``: on gloo (tor
 2.13) its asynchronous reduce-scatters corrupt the heap when several are in flight in
 one backward, as the symmetric loss with hard negatives has three (a SIGSEGV in CI;
 tests/test_loss.py's many-step test reproduces it). With the usual averaging of
-parameter gradients over ranks this gives exactly the gradient of the single-process loss over the whole contrastive
-batch (tests/test_loss.py checks it on 2 and 3 processes).
+parameter gradients over ranks this gives exactly the gradient of the single-process
+loss over the whole contrastive batch (tests/test_loss.py checks it on 2 and 3
+processes).
 """
 
 from __future__ import annotations
