@@ -345,7 +345,7 @@ def run_mine(a: MineArgs) -> dict:
     every rank; rank 0 wrote it and the training data)."""
     from hbt import dist as hdist
     from hbt.data import load_corpus, split_corpus
-    from hbt.data.table import is_table_source, table_corpus
+    from hbt.data.table import is_table_source, main_first, table_corpus
     from hbt.eval.standalone import load_encoder, text_spec
 
     s = a.settings
@@ -356,12 +356,15 @@ def run_mine(a: MineArgs) -> dict:
     tick = time.perf_counter()
     if a.columns and not is_table_source(a.data):
         raise InputError("--columns", "a column mapping applies to Parquet/JSONL shards and saved datasets only")
-    corpus = table_corpus(a.data, a.cache_dir, a.columns) if is_table_source(a.data) else load_corpus(a.data)
+    env = hdist.init()
+    if is_table_source(a.data):
+        corpus = main_first(lambda: table_corpus(a.data, a.cache_dir, a.columns), env.is_main, hdist.barrier)
+    else:
+        corpus = load_corpus(a.data)
     if a.holdout_titles:
         corpus, _ = split_corpus(corpus, a.holdout_titles, a.holdout_seed)
     layout = Layout.of(corpus, s.languages, a.data)
     spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
-    env = hdist.init()
     model, tokenizer = load_encoder(a.model, pooling, env)
     timings["load_s"] = time.perf_counter() - tick
     rank, size = world()

@@ -201,6 +201,25 @@ def test_approximate_indexes_find_most_true_neighbours(kind: str) -> None:
     assert (approx[:, 0] == np.arange(200)).mean() > 0.95 and recall > 0.5, recall
 
 
+def faiss_gpus() -> int:
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+@pytest.mark.skipif(faiss_gpus() == 0, reason="needs faiss-gpu and a GPU (the flat index moves there)")
+def test_a_gpu_index_answers_deeper_than_faiss_gpu_selects() -> None:
+    from hbt.eval.search import GPU_MAX_K, build_index, local_topk
+
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((3 * GPU_MAX_K, 16)).astype(np.float32)
+    queries = rng.standard_normal((5, 16)).astype(np.float32)
+    k = GPU_MAX_K + 500
+    scores, ids = local_topk(build_index(vectors, "flat"), queries, np.arange(len(vectors)), k)
+    exact = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
+    assert ids.shape == (5, k) and np.mean(ids == exact) > 0.99  # ties aside, the exact order
+
+
 def reference_counts(queries: np.ndarray, cands: np.ndarray, relevant: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """The definition, one candidate at a time: candidate c ranks above relevant candidate
     r of query i when its score beats r's threshold, or equals it and c < r; r never counts."""

@@ -213,6 +213,12 @@ def test_parquet_shards_and_approximate_index(tiny: Path, tmp_path: Path) -> Non
     assert_no_false_negatives(again, DATA, {"ru"})
     held_texts = {r["positive"] for r in rows if r["title"] in held}
     assert not held_texts & {n for r in again for n in r["negatives"]}
+    # two ranks on the same shards, into a fresh cache: rank 0 converts them, then the other
+    # rank reads its cache (hbt.data.table.main_first); the file is the one rank's
+    result = torchrun(2, "mine", "--model", str(tiny), "--data", str(tmp_path / "pq"), "--out", str(tmp_path / "again2"),
+                      "--batch-size", "16", "--k", "3", "--cache-dir", str(tmp_path / "cache2"), "--holdout-titles", "0.25")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "again2" / "train.jsonl").read_bytes() == (tmp_path / "again" / "train.jsonl").read_bytes()
 
 
 def test_bad_input_is_one_line_naming_the_option(tiny: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import datasets
 
@@ -130,6 +130,18 @@ def corpus_dataset(corpus: Corpus) -> datasets.Dataset:
         "positive": datasets.Value("string"), "negatives": datasets.Sequence(datasets.Value("string")),
         "title": datasets.Value("string"),
     }))
+
+
+T = TypeVar("T")
+
+
+def main_first(make: Callable[[], T], is_main: bool, barrier: Callable[[], None]) -> T:
+    """``make()`` on rank 0 first, then on the other ranks: ``datasets`` converts shards
+    into its cache once (rank 0), and the others memory-map what it wrote instead of all
+    converting the same shards into the same cache at once."""
+    made = make() if is_main else None
+    barrier()
+    return made if is_main else make()
 
 
 def table_corpus(source: str, cache_dir: str, columns: dict[str, str] | None = None) -> Corpus:

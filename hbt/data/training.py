@@ -41,7 +41,7 @@ from hbt.data.corpus import Corpus, Item, Pair, retrieval_from_pairs
 from hbt.data.languages import check_language
 from hbt.data.split import choose_titles
 from hbt.data.sources import Source
-from hbt.data.table import open_source
+from hbt.data.table import main_first, open_source
 from hbt.errors import InputError
 
 INDEX_VERSION = 1  # bump when the arrays' meaning changes: old caches are then ignored
@@ -235,11 +235,7 @@ def load_training_data(sources: list[Source], cache_dir: str, holdout: str | flo
     for name, src in zip(names, sources):
         if not 0 < src.weight <= 1:
             raise InputError(f"data.sources[{name}].weight", f"must be in (0, 1], got {src.weight}")
-    if is_main:  # datasets converts shards into its cache once; the other ranks then memory-map it
-        opened = [open_source(src.path, src.columns, cache_dir) for src in sources]
-    barrier()
-    if not is_main:
-        opened = [open_source(src.path, src.columns, cache_dir) for src in sources]
+    opened = main_first(lambda: [open_source(src.path, src.columns, cache_dir) for src in sources], is_main, barrier)
     held = _held_titles(*opened[0], holdout, holdout_seed) if holdout is not None else set()
     key = hashlib.sha256(json.dumps([INDEX_VERSION, [(_source_key(ds, c), src.columns, src.languages) for (ds, c), src
                                                       in zip(opened, sources)], sorted(held)]).encode()).hexdigest()[:20]

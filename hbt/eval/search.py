@@ -62,11 +62,18 @@ def gpu_resources(device: int):
     return faiss.StandardGpuResources()
 
 
+GPU_MAX_K = 2048  # faiss-gpu selects at most this many neighbours per query (faiss issues #2103, #4008)
+
+
 def local_topk(index: faiss.Index | None, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, global ids) of each query's top-k in this rank's ``index`` (rows = ``ids``); -1 pads."""
+    """(scores, global ids) of each query's top-k in this rank's ``index`` (rows = ``ids``); -1 pads.
+    Deeper than faiss-gpu can select (mining's rare deepening for pairs still short of
+    negatives), a GPU index is searched through a CPU copy."""
     k_local = min(k, index.ntotal) if index is not None else 0
     if k_local == 0:
         return np.full((len(queries), 0), -np.inf, np.float32), np.full((len(queries), 0), -1, np.int64)
+    if k_local > GPU_MAX_K and hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex):
+        index = faiss.index_gpu_to_cpu(index)
     scores, rows = index.search(queries, k_local)
     return scores, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
 
