@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from hbt.config import Config
+from hbt.data.sources import Source
 from hbt.data.table import is_table_source
 
 STRATEGY = {1.0: "mono-only (X-X-mono: every batch monolingual)", 0.0: "cross-only (X-Y: every batch cross-lingual)"}
@@ -27,9 +28,28 @@ def _base_model(name: str) -> str | None:
     return name
 
 
-def _data_line(path: str) -> str:
+def _data_line(src: Source) -> str:
+    """A source as the card names it: its ``name:``, else its directory (a glob of shards
+    or a mined ``train.jsonl`` is named by the folder that holds it), with its weight."""
+    path = src.path
     kind = "shards" if is_table_source(path) else "synthetic corpus" if path.startswith("synthetic") else "corpus"
-    return f"`{Path(path).name if not path.startswith(('synthetic', 'hf:')) else path}` ({kind})"
+    if src.name:
+        name = src.name
+    elif path.startswith(("synthetic", "hf:")):
+        name = path
+    else:
+        where = Path(path.split("*")[0].rstrip("/"))
+        name = where.parent.name if where.suffix in (".jsonl", ".json", ".parquet") and where.parent.name else where.name
+    return f"`{name}` ({kind}){f' x {src.weight:g}' if src.weight < 1 else ''}"
+
+
+def _evaluated_on(cfg: Config) -> str:
+    e = cfg.eval
+    if not e.data:
+        return "the held-out titles of the training data (none of their items was trained on)"
+    if e.holdout_titles is None:
+        return f"`{e.data}`"
+    return f"`{e.data}`, only its held-out titles (`{e.holdout_titles}`, seed {cfg.data.holdout_seed}; none was trained on)"
 
 
 def write_card(out: Path, cfg: Config, languages: list[str], steps: int, evaluation: Path | None) -> Path:
@@ -45,15 +65,18 @@ def write_card(out: Path, cfg: Config, languages: list[str], steps: int, evaluat
     sources = cfg.data.source_list()
     lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(), "---", "",
              f"# {Path(cfg.run.dir).name}", "",
-             f"A multilingual dense retriever fine-tuned from `{m.name}` with hbt "
-             "(hybrid batch training, Elmahdy et al., 2024, arXiv:2408.10536): a bi-encoder trained with a "
-             "contrastive loss whose batches are monolingual or cross-lingual.", "",
+             (f"A multilingual dense retriever fine-tuned from `{m.name}` with hbt "
+              "(hybrid batch training, Elmahdy et al., 2024, arXiv:2408.10536): a bi-encoder trained with a "
+              "contrastive loss whose batches are monolingual or cross-lingual." if steps else
+              f"`{m.name}` as hbt exports it untrained (0 optimizer steps): the zero-shot baseline of a sweep, "
+              "evaluated as its fine-tuned runs are. The training settings below are the sweep's, not applied."), "",
              "## Training", "",
              "| | |", "|---|---|",
-             f"| data | {', '.join(_data_line(s.path) + (f' x {s.weight:g}' if s.weight < 1 else '') for s in sources)} |",
+             f"| data | {', '.join(_data_line(src) for src in sources)} |",
              f"| languages | {', '.join(languages)} |",
              f"| strategy | {strategy} |",
-             f"| steps | {steps} optimizer steps, contrastive batch {t.batch_size} (all ranks), {t.grad_accum} per step |",
+             f"| steps | {steps} optimizer steps of {t.grad_accum} contrastive batch{'es' if t.grad_accum > 1 else ''} "
+             f"of {t.batch_size} pairs (all ranks together) |",
              f"| loss | InfoNCE, temperature {t.temperature:g}{', symmetric' if t.symmetric else ''}, in-batch negatives from every rank"
              f"{f', {t.hard_negatives} hard negatives per pair' if t.hard_negatives else ''} |",
              f"| optimiser | AdamW, lr {t.lr:g}, warm-up {t.warmup_ratio:g} then linear decay, weight decay {t.weight_decay:g} |",
@@ -62,8 +85,7 @@ def write_card(out: Path, cfg: Config, languages: list[str], steps: int, evaluat
              f"| seed | {cfg.run.seed} |", ""]
     if evaluation is not None and (evaluation / "summary.md").exists():
         summary = (evaluation / "summary.md").read_text(encoding="utf-8").splitlines()[1:]  # its own title dropped
-        where = cfg.eval.data or "held-out titles of the training data (zero-shot: no held-out item was trained on)"
-        lines += ["## Evaluation", "", f"On {where}; mAP, docs/metrics.md of hbt defines every column.", *summary]
+        lines += ["## Evaluation", "", f"On {_evaluated_on(cfg)}; mAP, docs/metrics.md of hbt defines every column.", *summary]
         if (evaluation / "cross_heatmap.png").exists():
             shutil.copy(evaluation / "cross_heatmap.png", out / "cross_heatmap.png")
             lines += ["", "![mAP per query language x candidate language](cross_heatmap.png)", ""]

@@ -96,7 +96,7 @@ def test_export_carries_a_model_card(single_run: Path) -> None:
     meta = yaml.safe_load(header)
     assert meta["library_name"] == "sentence-transformers" and meta["pipeline_tag"] == "sentence-similarity"
     assert meta["language"] == ["el", "en", "ru"] and "base_model" not in meta  # the tiny preset has no hub id
-    assert "hybrid (alpha 0.5" in body and "| steps | 12 optimizer steps, contrastive batch 16" in body
+    assert "hybrid (alpha 0.5" in body and "| steps | 12 optimizer steps of 1 contrastive batch of 16 pairs" in body
     final = json.loads((single_run / "eval" / "step-12" / "metrics.json").read_text())["summary"]
     assert f"{final['mono_map']:.4f}" in body and "(cross_heatmap.png)" in body
     assert (single_run / "model" / "cross_heatmap.png").exists()
