@@ -80,7 +80,7 @@ def test_usr1_requeues_and_resumes_to_the_same_final_step(tmp_path: Path) -> Non
     assert "resumed from" in "".join(p.read_text() for p in (run / "logs").iterdir())
 
 
-def test_sbatch_eval(tmp_path: Path) -> None:
+def test_sbatch_eval_and_mine(tmp_path: Path) -> None:
     run = tmp_path / "run"
     out = sbatch("--wait", *CPU, f"--output={tmp_path}/train.out", "slurm/train.sh", "configs/tiny.yaml", f"run.dir={run}",
                  f"data.cache_dir={tmp_path}/cache", "train.max_steps=5", "eval.settings=mono")
@@ -90,6 +90,12 @@ def test_sbatch_eval(tmp_path: Path) -> None:
     assert ev.returncode == 0, ev.stderr + (tmp_path / "eval.out").read_text()
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert len(metrics["cross"]) == 6 and metrics["summary"]["multi_map"] > 0
+    mine = sbatch("--wait", *CPU, f"--output={tmp_path}/mine.out", "slurm/mine.sh", str(run / "model"),
+                  "synthetic:items=300,languages=3", str(tmp_path / "mined"), "--k", "3")
+    assert mine.returncode == 0, mine.stderr + (tmp_path / "mine.out").read_text()
+    report = json.loads((tmp_path / "mined" / "mine.json").read_text())
+    rows = (tmp_path / "mined" / "train.jsonl").read_text().splitlines()
+    assert report["world_size"] == 2 and len(rows) == report["counts"]["written"] == 900
 
 
 def test_usr1_during_start_up_requeues_and_the_job_finishes(tmp_path: Path) -> None:
