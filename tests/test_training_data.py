@@ -272,6 +272,16 @@ def test_hard_negatives_never_share_a_batch_with_the_query_they_answer(tmp_path:
             assert not same_source or len(set(data.source[plan.items[b]].tolist())) == 1
         moved += int((plan.items != plain.plan(epoch).items).any(axis=1).sum())
         assert plan.mix() == plain.plan(epoch).mix()
+    # what a rank reads: every pair's negatives are its passage language's row's (the second
+    # negative names that row), in cross-lingual pairs too
+    plan, cross = sampler.plan(0), 0
+    batches = RankBatches(plan, 0, 16, data, PairTokenizer(None, TextSpec(), hard_negatives=1))
+    for b in range(len(plan)):
+        _, _, negatives = batches.texts(b)
+        ids, plangs = data.item_ids(plan.items[b]), [data.languages[p] for p in plan.plang[b].tolist()]
+        assert [negs[1] for negs in negatives] == [f"unrelated {i} {lang}" for i, lang in zip(ids, plangs)]
+        cross += int((plan.qlang[b] != plan.plang[b]).sum())
+    assert cross > 50
     assert moved > 0  # the rule had work to do here
     # the hashes are cached beside the index, per k
     assert sorted(p.name for p in Path(tmp_path / "cache").glob("index-*/negatives-*")) == [
