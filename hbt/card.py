@@ -16,7 +16,7 @@ import yaml
 
 from hbt.config import Config
 from hbt.data.sources import Source
-from hbt.data.table import is_table_source
+from hbt.data.table import is_table_source, source_root
 
 STRATEGY = {1.0: "mono-only (X-X-mono: every batch monolingual)", 0.0: "cross-only (X-Y: every batch cross-lingual)"}
 
@@ -38,7 +38,7 @@ def _data_line(src: Source) -> str:
     elif path.startswith(("synthetic", "hf:")):
         name = path
     else:
-        where = Path(path.split("*")[0].rstrip("/"))
+        where = source_root(path)
         name = where.parent.name if where.suffix in (".jsonl", ".json", ".parquet") and where.parent.name else where.name
     return f"`{name}` ({kind}){f' x {src.weight:g}' if src.weight < 1 else ''}"
 

@@ -132,6 +132,11 @@ def corpus_dataset(corpus: Corpus) -> datasets.Dataset:
     }))
 
 
+def source_root(source: str) -> Path:
+    """The path of ``source`` up to its first wildcard: a glob of shards's directory."""
+    return Path(source.split("*")[0].rstrip("/"))
+
+
 T = TypeVar("T")
 
 
@@ -148,7 +153,7 @@ def table_corpus(source: str, cache_dir: str, columns: dict[str, str] | None = N
     """A shard set (or saved dataset) as a parsed corpus, its columns mapped as a training
     source's are, for the tools that need one object per pair (``hbt mine``)."""
     ds = map_columns(open_dataset(source, cache_dir), columns or {}, source)
-    name = Path(source.split("*")[0].rstrip("/")).name or source  # a glob is named by its directory
+    name = source_root(source).name or source  # a glob is named by its directory
     return corpus_from_rows(_rows(ds, source), name, source)
 
 
