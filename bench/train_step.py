@@ -7,8 +7,9 @@ hbt's sampler plan for the config, and the bare loops and sentence-transformers 
 same (query, passage) texts. Contenders:
 
 - bare: a plain padded loop (each side padded to its longest text, one forward each);
-- bare chunked: the same loop with hbt's length-sorted chunks (hbt.model.encode_chunked,
-  ``--chunk-tokens``), so the trick's own worth shows apart from hbt's engine;
+- bare chunked: the same loop with hbt's remedy for padding at ``--chunk-tokens``
+  (``packed``: hbt.padding's packing; a number: length-sorted chunks,
+  hbt.padding.encode_chunked), so the trick's own worth shows apart from hbt's engine;
 - hbt: ``hbt train`` with ``train.chunk_tokens`` at ``--chunk-tokens``; hbt padded: with
   ``train.chunk_tokens=null`` (one padded pass per side);
 - st MNRL / st CachedMNRL: sentence-transformers' trainer with each loss (CachedMNRL at
@@ -24,7 +25,7 @@ ratios the targets are about. On a machine with a GPU every contender trains the
 bf16 (as ``hbt train``'s ``train.precision=auto`` does), else on the CPU in fp32.
 
     python bench/train_step.py --preset tiny,me5 --batch 32,128 --rounds 3   # me5 needs ../shared
-    python bench/train_step.py --preset me5 --contenders bare,bare-chunked --chunk-tokens 256,512,1024,2048
+    python bench/train_step.py --preset me5 --contenders bare,bare-chunked --chunk-tokens packed,256,512,1024
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ PRESETS = {
             "lengths": (32, 64), "batch": 32, "steps": 8, "warmup": 2},
 }
 LR, TEMP = 2e-5, 0.05
+Budget = int | str | None  # a train.chunk_tokens value: tokens per chunk, "packed", or None (one padded pass)
 
 
 def compute() -> tuple[str, bool]:
@@ -116,18 +118,24 @@ class BareLoop:
         self.batches = [(tok(q, truncation=True, max_length=p["lengths"][0])["input_ids"],
                          tok(d, truncation=True, max_length=p["lengths"][1])["input_ids"]) for q, d in text_batches(p, steps)]
 
-    def step(self, q: list[list[int]], d: list[list[int]], chunk_tokens: int | None) -> float:
+    def step(self, q: list[list[int]], d: list[list[int]], chunk_tokens: Budget) -> float:
         """Seconds for one step, from padding to the optimizer step: each side one padded
-        pass, or with ``chunk_tokens`` in length-sorted chunks."""
+        pass, packed, or in length-sorted chunks of ``chunk_tokens``."""
         import torch
         import torch.nn.functional as F
 
         from hbt.data.tokenize import pad
-        from hbt.model import encode_chunked
+        from hbt.padding import encode_chunked
+
+        if chunk_tokens == "packed" and not self.model.packed:
+            self.model.pack()  # padded calls after this go through the same SDPA as before
+        self.model.packed = chunk_tokens == "packed"
 
         def encode(ids: list[list[int]]) -> torch.Tensor:
             part = {k: v.to(self.device) for k, v in pad(ids, self.pad_id).items()}
-            return self.model(**part) if chunk_tokens is None else encode_chunked(lambda c: self.model(**c), part, chunk_tokens)
+            if chunk_tokens is None or chunk_tokens == "packed":
+                return self.model(**part)
+            return encode_chunked(lambda c: self.model(**c), part, chunk_tokens)
 
         tick = time.perf_counter()
         with torch.autocast(self.device, torch.bfloat16, enabled=self.bf16):
@@ -140,14 +148,14 @@ class BareLoop:
         return time.perf_counter() - tick
 
 
-def run_bare(p: dict, steps: int, warmup: int, chunk_tokens: int | None = None) -> float:
+def run_bare(p: dict, steps: int, warmup: int, chunk_tokens: Budget = None) -> float:
     """The bare loop; with ``chunk_tokens`` each side is encoded in length-sorted chunks."""
     loop = BareLoop(p, steps)
     times = [loop.step(q, d, chunk_tokens) for q, d in loop.batches]
     return p["batch"] / statistics.median(times[warmup:])
 
 
-def run_hbt(p: dict, steps: int, warmup: int, chunk_tokens: int | None = None) -> float:
+def run_hbt(p: dict, steps: int, warmup: int, chunk_tokens: Budget = None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "hbt", "train", "--config", "configs/tiny.yaml", *hbt_overrides(p, tmp, steps), "eval.settings=mono",
                f"train.chunk_tokens={'null' if chunk_tokens is None else chunk_tokens}"]
@@ -188,7 +196,7 @@ def run_st(p: dict, steps: int, warmup: int, cached: bool = False) -> float:
     return p["batch"] / statistics.median(times[warmup:])
 
 
-def sweep(p: dict, steps: int, warmup: int, budgets: list[int | None]) -> dict[str, float]:
+def sweep(p: dict, steps: int, warmup: int, budgets: list[Budget]) -> dict[str, float]:
     """The bare loop in one process, the budgets taking turns on every batch (same model,
     same batches, so only the chunking differs): samples/s per budget, median over the
     steps after ``warmup`` rounds. Cheaper than a fresh process per budget, for choosing
@@ -204,7 +212,7 @@ def sweep(p: dict, steps: int, warmup: int, budgets: list[int | None]) -> dict[s
     return {b: p["batch"] / statistics.median(t) for b, t in times.items()}
 
 
-Runner = Callable[[dict, int, int, int], float]  # (preset, steps, warm-up, --chunk-tokens budget) -> samples/s
+Runner = Callable[[dict, int, int, Budget], float]  # (preset, steps, warm-up, --chunk-tokens budget) -> samples/s
 CONTENDERS: dict[str, Runner] = {
     "bare": lambda p, steps, warmup, budget: run_bare(p, steps, warmup),
     "bare-chunked": run_bare,
@@ -225,10 +233,10 @@ def summary(results: dict[str, list[dict]]) -> str:
     return "; ".join(f"{a} / {b} {med[a] / med[b]:.2f}" for a, b in pairs if a in med and b in med)
 
 
-def label(name: str, budget: int | None, several: bool) -> str:
+def label(name: str, budget: Budget, several: bool) -> str:
     text = {"bare": "bare", "bare-chunked": "bare chunked", "hbt": "hbt", "hbt-padded": "hbt padded",
             "st-mnrl": "st MNRL", "st-cachedmnrl": "st CachedMNRL"}[name]
-    return f"{text} ({budget} tokens)" if several and name in CHUNKED else text
+    return f"{text} ({budget if budget == 'packed' else f'{budget} tokens'})" if several and name in CHUNKED else text
 
 
 def main() -> None:
@@ -240,10 +248,10 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {', '.join(CONTENDERS)}")
     import torch
 
-    auto = TrainConfig().token_budget(gpu=torch.cuda.is_available())
+    auto = TrainConfig().padding(gpu=torch.cuda.is_available(), packable=True)  # both presets' encoders pack
     parser.add_argument("--chunk-tokens", default="null" if auto is None else str(auto),
-                        help="token budget(s) of the chunked contenders, comma-separated; null: one padded pass "
-                             "(default: what train.chunk_tokens=auto runs on this machine)")
+                        help="train.chunk_tokens value(s) of the chunked contenders, comma-separated: packed, a "
+                             "token budget, or null: one padded pass (default: what auto runs on this machine)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int)
@@ -251,7 +259,7 @@ def main() -> None:
                         "(and 'null': one padded pass) taking turns on each batch")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    budgets = [None if b == "null" else int(b) for b in args.chunk_tokens.split(",")]
+    budgets: list[Budget] = [None if b == "null" else b if b == "packed" else int(b) for b in args.chunk_tokens.split(",")]
     if args.sweep:
         p = {**PRESETS[args.preset], "batch": int(args.batch or PRESETS[args.preset]["batch"])}
         steps, warmup = args.steps or p["steps"], args.warmup or p["warmup"]

@@ -92,7 +92,9 @@ class TrainConfig:
     symmetric: bool = False  # add the passage -> query term
     hard_negatives: int = 0  # hard negatives per pair (from the data), gathered like passages
     grad_cache_chunk: int | None = None  # GradCache: encode this many texts at a time
-    chunk_tokens: int | Literal["auto"] | None = "auto"  # length-sorted chunks of this many padded tokens per side; null: one padded pass
+    # how a side avoids computing padding: packed (BERT-family encoders), length-sorted chunks of
+    # this many padded tokens, or null (one padded pass); auto: packed or 512 on a CPU, null on a GPU
+    chunk_tokens: int | Literal["auto", "packed"] | None = "auto"
     deepspeed: str = "configs/deepspeed/zero0.json"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every: int = 100  # optimizer steps
@@ -105,13 +107,19 @@ class TrainConfig:
             same_source=self.same_source,
         )
 
-    def token_budget(self, gpu: bool) -> int | None:
-        """``chunk_tokens`` on this device. ``auto`` is 512 on a CPU, where a pass of a few
-        hundred tokens already keeps the cores busy and chunks ran e5-small 1.2-1.3x
-        faster, and off on a GPU, where 512-token chunks ran it 7-12x slower than one
-        padded pass (every chunk pays the kernel launches of a whole pass; BENCHMARKS §1)."""
+    def padding(self, gpu: bool, packable: bool) -> int | Literal["packed"] | None:
+        """``chunk_tokens`` on this device for an encoder that packing supports or not
+        (:mod:`hbt.padding`). ``auto`` on a CPU packs where it can (e5-small trained
+        1.15x faster than with 512-token chunks, the same gradients) and otherwise takes
+        512-token chunks (1.2-1.3x faster than one padded pass under load); on a GPU it
+        is one padded pass, since 512-token chunks ran e5-small 7-12x slower there (every
+        chunk pays the kernel launches of a whole pass) and packing is not measured there
+        (BENCHMARKS §1)."""
         if self.chunk_tokens == "auto":
-            return None if gpu else 512
+            return None if gpu else "packed" if packable else 512
+        if self.chunk_tokens == "packed" and not packable:
+            raise InputError("train.chunk_tokens", "packed needs a BERT, RoBERTa or XLM-R encoder with absolute positions; "
+                             "use auto or a number of tokens")
         return self.chunk_tokens
 
 

@@ -27,7 +27,8 @@ from hbt.data.training import TrainingData
 from hbt.dist import DistEnv, all_max, all_mean
 from hbt.errors import InputError
 from hbt.loss import ContrastiveLoss, grad_cache_step
-from hbt.model import BiEncoder, encode_chunked
+from hbt.model import BiEncoder
+from hbt.padding import encode_chunked
 from hbt.monitor import Monitor
 from hbt.sampler import HybridBatchSampler
 
@@ -99,6 +100,10 @@ class Engine:
         t = cfg.train
         self.total_steps = self._count_steps(t)
         self.ds_config = deepspeed_config(t, sampler.per_rank, env.world_size, self.total_steps)
+        padding = t.padding(gpu=torch.cuda.is_available(), packable=model.packable)
+        if padding == "packed":
+            model.pack()
+        self.chunk_tokens = None if padding == "packed" else padding  # a packed side is one pass
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=self.ds_config,
                                                     lr_scheduler=linear_schedule(t, self.total_steps))
         if env.world_size == 1 and self.engine.zero_optimization_stage() == 0:
@@ -108,7 +113,6 @@ class Engine:
             # into the optimizer's partitions, and skipping it breaks the step.
             self.engine.enable_backward_allreduce = False
         self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric)
-        self.chunk_tokens = t.token_budget(gpu=torch.cuda.is_available())
         self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, fingerprint=fingerprint)
         self.state = TrainState()
 
@@ -141,7 +145,7 @@ class Engine:
 
     def _micro_step(self, batch: dict) -> torch.Tensor:
         """Forward + backward of one contrastive batch; returns this rank's loss. Each side
-        is encoded in length-sorted chunks of ``train.chunk_tokens`` padded tokens."""
+        is encoded packed or in length-sorted chunks, as ``train.chunk_tokens`` says."""
         chunk, budget = self.cfg.train.grad_cache_chunk, self.chunk_tokens
         if chunk:
             boundary = (self.state.micro + 1) % self.cfg.train.grad_accum == 0

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather
 
-from hbt.model import in_batch_order, length_chunks, take
+from hbt.padding import in_batch_order, length_chunks, take
 
 
 def _world() -> tuple[int, int]:
@@ -95,7 +95,7 @@ def grad_cache_step(encode: Encode, backward: Backward, loss_fn: ContrastiveLoss
     is the engine's backward (DeepSpeed needs to know which call ends the step).
 
     With ``max_tokens`` the chunks are length-sorted (at most ``chunk`` texts and
-    ``max_tokens`` padded tokens each, see :func:`hbt.model.length_chunks`) and each is
+    ``max_tokens`` padded tokens each, see :func:`hbt.padding.length_chunks`) and each is
     cut to its own longest text; the embeddings are put back in batch order before the
     loss, so its gradient rows are found by the chunk's row indices."""
     parts = [name for name in ("query", "passage", "negatives") if name in batch]

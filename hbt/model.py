@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from hbt.errors import InputError
+from hbt.padding import PACKED_ATTENTION, packable, packed_hidden
 
 Pooling = Literal["mean", "cls"]
 
@@ -31,65 +32,33 @@ class BiEncoder(nn.Module):
             encoder.pooler = None  # never used: a parameter without gradients only confuses ZeRO
         self.encoder = encoder
         self.pooling = pooling
+        self.packed = False
+
+    @property
+    def packable(self) -> bool:
+        """Whether :meth:`pack` supports this encoder."""
+        return packable(self.encoder)
+
+    def pack(self) -> None:
+        """Encode every batch packed from now on (:mod:`hbt.padding`): the same
+        embeddings, without computing padding. Padded calls elsewhere (evaluation) still
+        go through SDPA."""
+        if not self.packable:
+            raise ValueError(f"packing does not support {type(self.encoder).__name__}")
+        self.encoder.set_attn_implementation(PACKED_ATTENTION)
+        self.packed = True
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.packed:
+            hidden = packed_hidden(self.encoder, input_ids, attention_mask)
+        else:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return F.normalize(pooled.float(), dim=-1)
-
-
-Batch = dict[str, torch.Tensor]
-
-
-def length_chunks(attention_mask: torch.Tensor, max_tokens: int | None, max_texts: int | None = None) -> list[torch.Tensor]:
-    """The rows of a padded batch, grouped into the encoder passes that waste least padding.
-
-    With a token budget the rows are sorted longest first (stable) and cut greedily: a
-    chunk starts at the longest row left and takes as many rows as fit in ``max_tokens``
-    padded tokens at that length (at least one, at most ``max_texts``). A budget, not a
-    chunk count, so that a pass has the same size whatever the contrastive batch: big
-    enough to keep the hardware busy, small enough that similar lengths share it.
-    Without a budget the rows stay in order, ``max_texts`` at a time (GradCache's old
-    chunks; the whole batch when that is None too)."""
-    n = attention_mask.shape[0]
-    if max_tokens is None:
-        size = max_texts or n
-        return [torch.arange(i, min(i + size, n)) for i in range(0, n, size)]
-    lengths = attention_mask.sum(1)
-    order = torch.argsort(lengths, descending=True, stable=True)
-    sorted_lengths = lengths[order].tolist()
-    chunks, start = [], 0
-    while start < n:
-        size = max(1, max_tokens // max(1, sorted_lengths[start]))
-        size = min(size, max_texts) if max_texts else size
-        chunks.append(order[start:start + size])
-        start += size
-    return chunks
-
-
-def take(batch: Batch, rows: torch.Tensor) -> Batch:
-    """``rows`` of a right-padded batch, cut to the longest of them: the padding the other
-    rows needed is not computed."""
-    width = max(1, int(batch["attention_mask"][rows].sum(1).max()))
-    return {k: v[rows, :width] for k, v in batch.items()}
-
-
-def in_batch_order(pieces: list[torch.Tensor], chunks: list[torch.Tensor]) -> torch.Tensor:
-    """The chunks' embeddings put back in the batch's row order (an index, so gradients
-    flow back to each chunk), which is what makes chunking invisible to the loss."""
-    out = torch.cat(pieces)
-    return out[torch.argsort(torch.cat(chunks)).to(out.device)]
-
-
-def encode_chunked(encode: Callable[[Batch], torch.Tensor], batch: Batch, max_tokens: int | None) -> torch.Tensor:
-    """``encode(batch)`` done in length-sorted chunks of at most ``max_tokens`` padded
-    tokens (see :func:`length_chunks`); the same embeddings, in the same order."""
-    chunks = length_chunks(batch["attention_mask"], max_tokens)
-    return in_batch_order([encode(take(batch, rows)) for rows in chunks], chunks)
 
 
 PACKAGE_PREFIX = "package:"

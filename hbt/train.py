@@ -23,6 +23,7 @@ from hbt.data.training import TrainingData, load_training_data
 from hbt.errors import InputError
 from hbt.model import BiEncoder, build_tiny, export, load_pretrained
 from hbt.monitor import rewind
+from hbt.padding import packable
 from hbt.sampler import HybridBatchSampler, LanguageIndex
 
 
@@ -145,9 +146,9 @@ def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Pa
     m = cfg.model
     spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
     shaping = cfg.to_dict()
-    # What runs, not "auto": a run from before the key defaulted to auto (512) resumes on a
-    # CPU, and one moved between a CPU and a GPU is refused (its chunks and dropout change).
-    shaping["train"]["chunk_tokens"] = cfg.train.token_budget(gpu=torch.cuda.is_available())
+    # What runs, not "auto": a run keeps its padding remedy on resume, and one moved between
+    # a CPU and a GPU is refused (its chunks, packing and dropout masks change).
+    shaping["train"]["chunk_tokens"] = cfg.train.padding(gpu=torch.cuda.is_available(), packable=packable(encoder))
     fp = run_fingerprint.fingerprint(shaping, data.fingerprint, tokenizer_fingerprint(tokenizer),
                                      run_fingerprint.model_digest(encoder), env.world_size)
     sampler = sampler_for(cfg, data, env.world_size, env.rank)

@@ -32,14 +32,19 @@ def test_overrides_are_typed_yaml_values() -> None:
     assert (e5.model.query_prefix, e5.model.passage_prefix) == ("query: ", "passage: ")
 
 
-def test_chunk_tokens_auto_chunks_on_a_cpu_and_not_on_a_gpu() -> None:
-    """The measured defaults (BENCHMARKS §1): 512-token chunks on a CPU, one padded pass
-    on a GPU; a number or null is kept on both."""
+def test_chunk_tokens_auto_packs_or_chunks_on_a_cpu_and_not_on_a_gpu() -> None:
+    """The measured defaults (BENCHMARKS §1): packed on a CPU where the encoder allows it,
+    else 512-token chunks; one padded pass on a GPU. A number, packed or null is kept on
+    both, and packed for an encoder that cannot pack is refused, naming the key."""
     auto = load_config(None, []).train
-    assert auto.chunk_tokens == "auto" and auto.token_budget(gpu=False) == 512 and auto.token_budget(gpu=True) is None
-    for value, budget in (("256", 256), ("null", None)):
+    assert auto.chunk_tokens == "auto" and auto.padding(gpu=True, packable=True) is None
+    assert auto.padding(gpu=False, packable=True) == "packed" and auto.padding(gpu=False, packable=False) == 512
+    for value, budget in (("256", 256), ("null", None), ("packed", "packed")):
         train = load_config(None, [f"train.chunk_tokens={value}"]).train
-        assert train.token_budget(gpu=False) == train.token_budget(gpu=True) == budget
+        assert train.padding(gpu=False, packable=True) == train.padding(gpu=True, packable=True) == budget
+    with pytest.raises(InputError) as e:
+        load_config(None, ["train.chunk_tokens=packed"]).train.padding(gpu=False, packable=False)
+    assert e.value.where == "train.chunk_tokens"
     with pytest.raises(InputError, match="'auto'"):
         load_config(None, ["train.chunk_tokens=big"])
 

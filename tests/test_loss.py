@@ -1,13 +1,15 @@
 """The cross-rank contrastive loss: 2 and 3 gloo processes, each with a slice of the
 contrastive batch, give the loss and parameter gradients of one process with all of it.
 Also: GradCache gives the plain step's gradients, and hard negatives and the symmetric
-term take part in both; encoding in length-sorted chunks (plain and GradCache) changes
-neither the loss nor the gradients."""
+term take part in both; encoding in length-sorted chunks or packed (plain and GradCache,
+one process and two) changes neither the loss nor the gradients."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import nullcontext
+from unittest import mock
 
 import pytest
 import torch
@@ -16,7 +18,9 @@ import torch.multiprocessing as mp
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
 from hbt.loss import ContrastiveLoss, grad_cache_step
-from hbt.model import BiEncoder, encode_chunked, length_chunks
+from hbt.model import BiEncoder
+from hbt import padding
+from hbt.padding import encode_chunked, length_chunks
 
 BATCH, NEGS = 12, 6  # divisible by 1, 2 and 3 ranks
 CHUNK_TOKENS = 40  # on fake_batch's lengths (4-16): chunks of 2 to 10 texts, each its own width
@@ -46,21 +50,27 @@ def shard(batch: dict, rank: int, world: int) -> dict:
 
 
 def loss_and_grads(rank: int, world: int, symmetric: bool, negatives: bool, grad_cache: int | None,
-                   chunk_tokens: int | None = None) -> tuple[float, dict]:
+                   chunk_tokens: int | str | None = None) -> tuple[float, dict]:
     """This rank's view: local loss and gradients averaged over ranks (what DDP/ZeRO do).
-    ``chunk_tokens=None`` is the reference: each side in one padded pass, no sorting."""
+    ``chunk_tokens=None`` is the reference: each side in one padded pass, no sorting;
+    ``"packed"`` packs each side (attention in groups of CHUNK_TOKENS, so several)."""
     model = tiny_model()
+    packed = chunk_tokens == "packed"
+    if packed:
+        model.pack()
+        chunk_tokens = None  # a packed side is one pass, as in the engine
     batch = shard(fake_batch(), rank, world)
     if not negatives:
         batch.pop("negatives")
     loss_fn = ContrastiveLoss(temperature=0.05, symmetric=symmetric)
     encode = lambda part: model(**part)  # noqa: E731
-    if grad_cache:
-        loss = grad_cache_step(encode, lambda surrogate, last: surrogate.backward(), loss_fn, batch, grad_cache, chunk_tokens)
-    else:
-        sides = {name: encode_chunked(encode, part, chunk_tokens) for name, part in batch.items()}
-        loss = loss_fn(sides["query"], sides["passage"], sides.get("negatives"))
-        loss.backward()
+    with mock.patch.object(padding, "ATTENTION_GROUP_TOKENS", CHUNK_TOKENS) if packed else nullcontext():
+        if grad_cache:
+            loss = grad_cache_step(encode, lambda surrogate, last: surrogate.backward(), loss_fn, batch, grad_cache, chunk_tokens)
+        else:
+            sides = {name: encode_chunked(encode, part, chunk_tokens) for name, part in batch.items()}
+            loss = loss_fn(sides["query"], sides["passage"], sides.get("negatives"))
+            loss.backward()
     loss = loss.detach()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     if world > 1:
@@ -135,20 +145,22 @@ def test_length_chunks_sort_and_fit_the_budget() -> None:
     assert [c.tolist() for c in length_chunks(mask, None, 5)] == [list(range(5)), list(range(5, 10)), [10, 11]]
 
 
+@pytest.mark.parametrize("remedy", [CHUNK_TOKENS, "packed"], ids=["chunks", "packed"])
 @pytest.mark.parametrize("grad_cache", [None, 5], ids=["plain", "grad-cache"])
 @pytest.mark.parametrize("case", CASES, ids=["plain", "symmetric+hard-negatives"])
-def test_length_sorted_chunks_give_the_unchunked_loss_and_gradients(case: dict, grad_cache: int | None) -> None:
+def test_chunks_and_packing_give_the_padded_loss_and_gradients(case: dict, grad_cache: int | None, remedy: int | str) -> None:
     ref_loss, ref_grads = loss_and_grads(0, 1, grad_cache=None, **case)
-    loss, grads = loss_and_grads(0, 1, grad_cache=grad_cache, chunk_tokens=CHUNK_TOKENS, **case)
+    loss, grads = loss_and_grads(0, 1, grad_cache=grad_cache, chunk_tokens=remedy, **case)
     assert abs(loss - ref_loss) <= 1e-5
     assert max_diff(grads, ref_grads) <= 1e-5
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("remedy", [CHUNK_TOKENS, "packed"], ids=["chunks", "packed"])
 @pytest.mark.parametrize("grad_cache", [None, 4], ids=["plain", "grad-cache"])
-def test_length_sorted_chunks_across_ranks_equal_single_process(grad_cache: int | None) -> None:
+def test_chunks_and_packing_across_ranks_equal_single_process(grad_cache: int | None, remedy: int | str) -> None:
     ref_loss, ref_grads = loss_and_grads(0, 1, grad_cache=None, symmetric=True, negatives=True)
-    loss, grads = run_world(2, grad_cache=grad_cache, chunk_tokens=CHUNK_TOKENS, symmetric=True, negatives=True)
+    loss, grads = run_world(2, grad_cache=grad_cache, chunk_tokens=remedy, symmetric=True, negatives=True)
     assert abs(loss - ref_loss) <= 1e-5 and max_diff(grads, ref_grads) <= 1e-5
 
 

@@ -1,9 +1,10 @@
 """Every supported training configuration runs, and its gradient is the right one.
 
 The matrix: ZeRO stage 0-3 x 1, 2 and 3 ranks x GradCache off/on x ``grad_accum`` 1/2 x
-(plain InfoNCE | symmetric with hard negatives), plus bf16; every cell encodes in
-length-sorted chunks (``train.chunk_tokens``, small enough here for several chunks of
-different widths per side), and a few cells also without them (one padded pass). Each cell trains two optimizer
+(plain InfoNCE | symmetric with hard negatives), plus bf16; every cell encodes packed
+(``train.chunk_tokens=packed``, what ``auto`` runs on a CPU for this XLM-R encoder), and
+a few cells instead in length-sorted chunks (small enough here for several chunks of
+different widths per side) or in one padded pass. Each cell trains two optimizer
 steps through ``Engine.fit`` (real DeepSpeed, real gloo processes, a checkpoint at the
 end) and its first step's full gradient (read from DeepSpeed, ZeRO partitions assembled)
 is compared with a single-process reference in plain PyTorch: the mean over the
@@ -45,25 +46,25 @@ class Cell:
     accum: int
     negatives: bool  # symmetric loss with hard negatives, else plain InfoNCE
     precision: str = "fp32"
-    chunked: bool = True  # length-sorted chunks of CHUNK_TOKENS, else one padded pass per side
+    padding: str = "packed"  # train.chunk_tokens: packed, "chunks" of CHUNK_TOKENS, or "padded" (one pass per side)
 
     @property
     def name(self) -> str:
         return (f"zero{self.stage}-{'gc' if self.grad_cache else 'plain'}-accum{self.accum}"
-                f"-{'sym+hardneg' if self.negatives else 'infonce'}-{self.precision}{'' if self.chunked else '-unchunked'}")
+                f"-{'sym+hardneg' if self.negatives else 'infonce'}-{self.precision}{'' if self.padding == 'packed' else '-' + self.padding}")
 
     def overrides(self) -> list[str]:
         return [f"train.deepspeed=configs/deepspeed/zero{self.stage}.json", f"train.grad_accum={self.accum}",
                 f"train.grad_cache_chunk={3 if self.grad_cache else 'null'}", f"train.precision={self.precision}",
                 f"train.hard_negatives={2 if self.negatives else 0}", f"train.symmetric={self.negatives}",
-                f"train.chunk_tokens={CHUNK_TOKENS if self.chunked else 'null'}"]
+                f"train.chunk_tokens={ {'packed': 'packed', 'chunks': CHUNK_TOKENS, 'padded': 'null'}[self.padding]}"]
 
 
 CHUNK_TOKENS = 48  # max lengths 16/24: chunks of 2 to 3 texts (more for short ones), each at its own width
 FP32 = [Cell(s, g, a, n) for s, g, a, n in itertools.product((0, 1, 2, 3), (False, True), (1, 2), (False, True))]
 BF16 = [Cell(s, g, 2, True, "bf16") for s in (0, 1, 2, 3) for g in (False, True)]
-UNCHUNKED = [Cell(s, g, 2, True, chunked=False) for s in (0, 3) for g in (False, True)]
-MATRIX = {1: FP32 + BF16 + UNCHUNKED, 2: FP32 + BF16 + UNCHUNKED, 3: [c for c in FP32 if c.accum == 2 and c.stage in (0, 3)]}
+OTHER_PADDING = [Cell(s, g, 2, True, padding=p) for p in ("chunks", "padded") for s in (0, 3) for g in (False, True)]
+MATRIX = {1: FP32 + BF16 + OTHER_PADDING, 2: FP32 + BF16 + OTHER_PADDING, 3: [c for c in FP32 if c.accum == 2 and c.stage in (0, 3)]}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,181 @@
+"""Not computing padding: length-sorted chunks for any encoder, packing for BERT-family ones.
+
+One padded pass computes every text of a side at the length of its longest: on XQuAD-R
+at contrastive batch 32 (e5 tokenizer, 32/64 pieces) that is 36 % more token work than
+the texts have (docs/BENCHMARKS.md §1). Two remedies, both invisible to the loss (same
+embeddings, same order, same gradients up to float rounding):
+
+- **Chunks** (:func:`length_chunks`, :func:`encode_chunked`): the rows sorted by length
+  and encoded in passes of a token budget, each cut to its own longest row. Works for
+  every encoder; what is left is the padding inside each chunk, and smaller passes.
+- **Packing** (:func:`pack`, :func:`packed_attention`): the texts of a side laid end to
+  end in one row with their own position ids, so every embedding, linear layer, layer
+  norm and dropout sees only real tokens; only attention, a few percent of the work at
+  these lengths, is computed per text, in length-sorted groups padded to their own
+  longest. Needs an encoder whose positions are plain absolute ones and whose attention
+  goes through transformers' attention interface (:func:`position_offset` says which).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+Batch = dict[str, torch.Tensor]
+
+
+def length_chunks(attention_mask: torch.Tensor, max_tokens: int | None, max_texts: int | None = None) -> list[torch.Tensor]:
+    """The rows of a padded batch, grouped into the encoder passes that waste least padding.
+
+    With a token budget the rows are sorted longest first (stable) and cut greedily: a
+    chunk starts at the longest row left and takes as many rows as fit in ``max_tokens``
+    padded tokens at that length (at least one, at most ``max_texts``). A budget, not a
+    chunk count, so that a pass has the same size whatever the contrastive batch: big
+    enough to keep the hardware busy, small enough that similar lengths share it.
+    Without a budget the rows stay in order, ``max_texts`` at a time (GradCache's old
+    chunks; the whole batch when that is None too)."""
+    n = attention_mask.shape[0]
+    if max_tokens is None:
+        size = max_texts or n
+        return [torch.arange(i, min(i + size, n)) for i in range(0, n, size)]
+    lengths = attention_mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    chunks, start = [], 0
+    while start < n:
+        size = max(1, max_tokens // max(1, sorted_lengths[start]))
+        size = min(size, max_texts) if max_texts else size
+        chunks.append(order[start:start + size])
+        start += size
+    return chunks
+
+
+def take(batch: Batch, rows: torch.Tensor) -> Batch:
+    """``rows`` of a right-padded batch, cut to the longest of them: the padding the other
+    rows needed is not computed."""
+    width = max(1, int(batch["attention_mask"][rows].sum(1).max()))
+    return {k: v[rows, :width] for k, v in batch.items()}
+
+
+def in_batch_order(pieces: list[torch.Tensor], chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks' embeddings put back in the batch's row order (an index, so gradients
+    flow back to each chunk), which is what makes chunking invisible to the loss."""
+    out = torch.cat(pieces)
+    return out[torch.argsort(torch.cat(chunks)).to(out.device)]
+
+
+def encode_chunked(encode: Callable[[Batch], torch.Tensor], batch: Batch, max_tokens: int | None) -> torch.Tensor:
+    """``encode(batch)`` done in length-sorted chunks of at most ``max_tokens`` padded
+    tokens (see :func:`length_chunks`); the same embeddings, in the same order."""
+    chunks = length_chunks(batch["attention_mask"], max_tokens)
+    return in_batch_order([encode(take(batch, rows)) for rows in chunks], chunks)
+
+
+# -- packing ------------------------------------------------------------------------------
+PACKED_ATTENTION = "hbt_packed"  # the attention implementation a packed encoder is switched to
+# Attention runs in length-sorted groups of at most this many padded tokens. One group for
+# the whole side computes (and drops out) every text's attention at the longest length;
+# groups of 1,024 ran attention forward + backward 1.3x faster than one group at batch 32
+# on 2 CPU cores, 512 (more, smaller calls) no faster.
+ATTENTION_GROUP_TOKENS = 1024
+
+
+def position_offset(encoder: PreTrainedModel) -> int | None:
+    """The position id of a text's first token in ``encoder``, or None where packing is not
+    supported: BERT counts from 0, RoBERTa and XLM-R from ``pad_token_id + 1`` (what they
+    compute from the ids of an unpacked batch). Other families (relative positions,
+    rotary, their own attention code) keep to chunks."""
+    config = encoder.config
+    if getattr(config, "position_embedding_type", "absolute") != "absolute" or getattr(config, "is_decoder", False):
+        return None
+    if config.model_type == "bert":
+        return 0
+    if config.model_type in ("roberta", "xlm-roberta"):
+        return config.pad_token_id + 1
+    return None
+
+
+def packable(encoder: PreTrainedModel) -> bool:
+    """Whether packing supports ``encoder`` (see :func:`position_offset`)."""
+    return position_offset(encoder) is not None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Texts whose attention is computed together, padded to the longest of them."""
+    tokens: torch.Tensor  # [rows * width]: the packed token at each padded slot (clamped past a text's end)
+    key_mask: torch.Tensor  # [rows, 1, 1, width]: True where the slot is a real token
+    rows: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Packed:
+    """One side of a batch, packed: what the encoder's forward and its attention need."""
+    input_ids: torch.Tensor  # [1, T], the texts end to end
+    position_ids: torch.Tensor  # [1, T], each text's own positions
+    slots: torch.Tensor  # [T]: each packed token's place in the padded batch, flattened
+    groups: tuple[Group, ...]
+    back: torch.Tensor  # [T]: each packed token's row in the groups' padded outputs, concatenated
+
+
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int) -> Packed:
+    """A right-padded batch packed into one row, with the attention groups of its texts
+    (:func:`length_chunks` of :data:`ATTENTION_GROUP_TOKENS`)."""
+    device = input_ids.device
+    rows, width = attention_mask.shape
+    real = attention_mask.bool()
+    lengths = real.sum(1)
+    slots = real.flatten().nonzero().squeeze(1)
+    starts = lengths.cumsum(0) - lengths
+    positions = torch.arange(width, device=device).repeat(rows)[slots] + offset
+    total = slots.numel()
+    groups, back, base = [], torch.empty_like(slots), 0
+    for members in length_chunks(attention_mask, ATTENTION_GROUP_TOKENS):
+        members = members.to(device)
+        n, w = members.numel(), max(1, int(lengths[members].max()))
+        span = torch.arange(w, device=device)
+        keys = span < lengths[members, None]
+        tokens = (starts[members, None] + span).clamp(max=max(0, total - 1))
+        back[tokens[keys]] = base + torch.arange(n * w, device=device).view(n, w)[keys]
+        groups.append(Group(tokens.flatten(), keys[:, None, None, :], n, w))
+        base += n * w
+    return Packed(input_ids.flatten()[slots][None], positions[None], slots, tuple(groups), back)
+
+
+def packed_hidden(encoder: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``encoder(input_ids, attention_mask).last_hidden_state`` computed packed: the same
+    [rows, width, hidden] tensor (zeros at padding), without computing the padding."""
+    packed = pack(input_ids, attention_mask, position_offset(encoder))
+    hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids, hbt_packed=packed).last_hidden_state[0]
+    rows, width = attention_mask.shape
+    out = hidden.new_zeros(rows * width, hidden.shape[-1]).index_copy(0, packed.slots, hidden)
+    return out.view(rows, width, -1)
+
+
+def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     hbt_packed: Packed | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention over a packed row ([1, heads, T, dim] each), text by text: each group of
+    texts is gathered into a padded [rows, heads, width, dim] batch, attended with SDPA
+    under its key mask, and scattered back. Without ``hbt_packed`` (an ordinary padded
+    call, e.g. evaluation) it is transformers' SDPA attention."""
+    if hbt_packed is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    heads, dim = query.shape[1], query.shape[3]
+    outs = []
+    for g in hbt_packed.groups:
+        q, k, v = (x[0].index_select(1, g.tokens).view(heads, g.rows, g.width, dim).transpose(0, 1) for x in (query, key, value))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.key_mask, dropout_p=dropout, scale=scaling)
+        outs.append(o.transpose(1, 2).flatten(0, 1))
+    return torch.cat(outs).index_select(0, hbt_packed.back)[None], None
+
+
+AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # padded calls get SDPA's mask

@@ -1,0 +1,129 @@
+"""Packing (hbt.padding): a packed encoder gives the padded encoder's hidden states,
+embeddings and parameter gradients for every family it claims (BERT, RoBERTa, XLM-R),
+with several attention groups of different widths; padded calls through a packed
+encoder are untouched; families it cannot pack are refused. The loss-level equivalence
+(plain, GradCache, two ranks) is in test_loss.py, the whole engine in test_matrix.py."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel, XLMRobertaConfig,
+                          XLMRobertaModel)
+
+from hbt import padding
+from hbt.model import BiEncoder
+from tests.conftest import ME5_SMALL, need
+
+FAMILIES = {"bert": (BertConfig, BertModel), "roberta": (RobertaConfig, RobertaModel), "xlm-roberta": (XLMRobertaConfig, XLMRobertaModel)}
+PAD = 1
+GROUP_TOKENS = 48  # small enough for several attention groups on these batches
+
+
+def tiny(family: str, seed: int = 0) -> BiEncoder:
+    config_cls, model_cls = FAMILIES[family]
+    config = config_cls(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=PAD)
+    torch.manual_seed(seed)
+    return BiEncoder(model_cls(config, add_pooling_layer=False))
+
+
+def batch(lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths_t = torch.tensor(lengths)
+    mask = (torch.arange(max(lengths))[None] < lengths_t[:, None]).long()
+    ids = torch.randint(3, 120, mask.shape, generator=g) * mask + PAD * (1 - mask)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def outputs(model: BiEncoder, part: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Embeddings and the parameter gradients of a loss that weighs every embedding
+    dimension differently (so a permuted or misplaced row shows)."""
+    model.zero_grad(set_to_none=True)
+    emb = model(**part)
+    weights = torch.linspace(-1, 1, emb.numel()).view_as(emb)
+    (emb * weights).sum().backward()
+    return emb.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same(padded: BiEncoder, packed: BiEncoder, part: dict) -> None:
+    emb_a, grads_a = outputs(padded, part)
+    emb_b, grads_b = outputs(packed, part)
+    assert (emb_a - emb_b).abs().max() <= 1e-5
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    assert max((grads_a[k] - grads_b[k]).abs().max().item() for k in grads_a) <= 1e-5
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_encoder_gives_the_padded_embeddings_and_gradients(family: str, pooling: str, monkeypatch) -> None:
+    monkeypatch.setattr(padding, "ATTENTION_GROUP_TOKENS", GROUP_TOKENS)
+    part = batch([3, 17, 1, 9, 30, 30, 12, 5, 22, 2, 8, 16, 25])
+    padded = tiny(family)
+    padded.pooling = pooling
+    packed = copy.deepcopy(padded)
+    packed.pack()
+    groups = padding.pack(part["input_ids"], part["attention_mask"], padding.position_offset(packed.encoder)).groups
+    assert len({g.width for g in groups}) > 2  # several groups, each at its own width
+    hidden_a = padded.encoder(**part).last_hidden_state * part["attention_mask"][..., None]
+    hidden_b = padding.packed_hidden(packed.encoder, part["input_ids"], part["attention_mask"])
+    assert (hidden_a - hidden_b).abs().max() <= 1e-5
+    assert_same(padded, packed, part)
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=24), group_tokens=st.integers(1, 200),
+       family=st.sampled_from(sorted(FAMILIES)))
+def test_packing_holds_for_any_lengths_and_group_budget(lengths: list[int], group_tokens: int, family: str) -> None:
+    padded = tiny(family)
+    packed = copy.deepcopy(padded)
+    packed.pack()
+    original = padding.ATTENTION_GROUP_TOKENS
+    padding.ATTENTION_GROUP_TOKENS = group_tokens
+    try:
+        assert_same(padded, packed, batch(lengths))
+    finally:
+        padding.ATTENTION_GROUP_TOKENS = original
+
+
+def test_padded_calls_through_a_packed_encoder_are_plain_sdpa() -> None:
+    """Evaluation encodes padded batches with the same (packed) model: it must get what
+    SDPA gives, with its padding mask."""
+    padded = tiny("xlm-roberta")
+    packed = copy.deepcopy(padded)
+    packed.pack()
+    packed.packed = False  # the engine's model, called padded
+    part = batch([4, 11, 7])
+    assert packed.encoder.config._attn_implementation == padding.PACKED_ATTENTION
+    assert torch.equal(padded(**part), packed(**part))
+
+
+def test_families_packing_cannot_serve_are_refused() -> None:
+    bert_relative = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, position_embedding_type="relative_key"))
+    distil = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    for encoder in (bert_relative, distil):
+        model = BiEncoder(encoder)
+        assert not model.packable
+        with pytest.raises(ValueError, match="packing does not support"):
+            model.pack()
+    assert tiny("bert").packable and tiny("xlm-roberta").packable
+
+
+def test_a_real_encoder_packs_exactly() -> None:
+    """multilingual-e5-small (BERT, 12 layers, real weights) on texts of different lengths."""
+    from hbt.model import load_pretrained
+
+    encoder, tokenizer = load_pretrained(str(need(ME5_SMALL)), dropout=0.0)
+    texts = ["query: Wann wurde die Universität gegründet?", "passage: The university was founded in 1891 by Leland Stanford.",
+             "query: ¿Quién ganó?", "passage: " + "Эта статья о длинном тексте, который занимает много токенов. " * 4]
+    part = dict(tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt"))
+    part.pop("token_type_ids", None)
+    padded = BiEncoder(encoder)
+    packed = copy.deepcopy(padded)
+    packed.pack()
+    assert_same(padded, packed, part)
