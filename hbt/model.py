@@ -41,8 +41,8 @@ class BiEncoder(nn.Module):
 
     def pack(self) -> None:
         """Encode every batch packed from now on (:mod:`hbt.padding`): the same
-        embeddings, without computing padding. Padded calls elsewhere (evaluation) still
-        go through SDPA."""
+        embeddings, without computing padding. The encoder itself still takes padded
+        calls (through SDPA)."""
         if not self.packable:
             raise ValueError(f"packing does not support {type(self.encoder).__name__}")
         self.encoder.set_attn_implementation(PACKED_ATTENTION)

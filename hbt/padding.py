@@ -164,8 +164,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      hbt_packed: Packed | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """Attention over a packed row ([1, heads, T, dim] each), text by text: each group of
     texts is gathered into a padded [rows, heads, width, dim] batch, attended with SDPA
-    under its key mask, and scattered back. Without ``hbt_packed`` (an ordinary padded
-    call, e.g. evaluation) it is transformers' SDPA attention."""
+    under its key mask, and scattered back. Without ``hbt_packed`` (a padded call to a
+    packed model's encoder) it is transformers' SDPA attention."""
     if hbt_packed is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     heads, dim = query.shape[1], query.shape[3]

@@ -91,12 +91,13 @@ def test_packing_holds_for_any_lengths_and_group_budget(lengths: list[int], grou
 
 
 def test_padded_calls_through_a_packed_encoder_are_plain_sdpa() -> None:
-    """Evaluation encodes padded batches with the same (packed) model: it must get what
-    SDPA gives, with its padding mask."""
+    """A packed model's encoder stays an ordinary encoder for padded calls (user code
+    holding it, the bench switching a model between remedies): SDPA with the padding
+    mask, bit for bit."""
     padded = tiny("xlm-roberta")
     packed = copy.deepcopy(padded)
     packed.pack()
-    packed.packed = False  # the engine's model, called padded
+    packed.packed = False  # its encoder now sees padded batches
     part = batch([4, 11, 7])
     assert packed.encoder.config._attn_implementation == padding.PACKED_ATTENTION
     assert torch.equal(padded(**part), packed(**part))
