@@ -149,7 +149,7 @@ class BareLoop:
 
 
 def run_bare(p: dict, steps: int, warmup: int, chunk_tokens: Budget = None) -> float:
-    """The bare loop; with ``chunk_tokens`` each side is encoded in length-sorted chunks."""
+    """The bare loop; with ``chunk_tokens`` each side is encoded packed or in length-sorted chunks."""
     loop = BareLoop(p, steps)
     times = [loop.step(q, d, chunk_tokens) for q, d in loop.batches]
     return p["batch"] / statistics.median(times[warmup:])
@@ -198,7 +198,7 @@ def run_st(p: dict, steps: int, warmup: int, cached: bool = False) -> float:
 
 def sweep(p: dict, steps: int, warmup: int, budgets: list[Budget]) -> dict[str, float]:
     """The bare loop in one process, the budgets taking turns on every batch (same model,
-    same batches, so only the chunking differs): samples/s per budget, median over the
+    same batches, so only the remedy for padding differs): samples/s per budget, median over the
     steps after ``warmup`` rounds. Cheaper than a fresh process per budget, for choosing
     ``train.chunk_tokens``."""
     loop = BareLoop(p, steps)

@@ -109,9 +109,9 @@ class TrainConfig:
 
     def padding(self, gpu: bool, packable: bool) -> int | Literal["packed"] | None:
         """``chunk_tokens`` on this device for an encoder that packing supports or not
-        (:mod:`hbt.padding`). ``auto`` on a CPU packs where it can (e5-small trained
-        1.15x faster than with 512-token chunks, the same gradients) and otherwise takes
-        512-token chunks (1.2-1.3x faster than one padded pass under load); on a GPU it
+        (:mod:`hbt.padding`). ``auto`` on a CPU packs where it can (``hbt train`` on
+        e5-small 1.38x faster than one padded pass and 1.21x faster than 512-token chunks
+        at batch 32, the same gradients) and otherwise takes 512-token chunks; on a GPU it
         is one padded pass, since 512-token chunks ran e5-small 7-12x slower there (every
         chunk pays the kernel launches of a whole pass) and packing is not measured there
         (BENCHMARKS §1)."""

@@ -45,6 +45,9 @@ def main(spec_path: str, out_path: str) -> None:
                               for name, p in self.module.named_parameters()}
             return loss
 
+    from hbt import padding
+
+    padding.ATTENTION_GROUP_TOKENS = 48  # several attention groups per packed side, as CHUNK_TOKENS gives several chunks
     spec = json.loads(Path(spec_path).read_text())
     env = hdist.init()
     torch.set_num_threads(1)

@@ -104,15 +104,41 @@ def test_padded_calls_through_a_packed_encoder_are_plain_sdpa() -> None:
 
 
 def test_families_packing_cannot_serve_are_refused() -> None:
-    bert_relative = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=32, position_embedding_type="relative_key"))
+    decoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, is_decoder=True))
     distil = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
-    for encoder in (bert_relative, distil):
+    for encoder in (decoder, distil):
         model = BiEncoder(encoder)
         assert not model.packable
         with pytest.raises(ValueError, match="packing does not support"):
             model.pack()
-    assert tiny("bert").packable and tiny("xlm-roberta").packable
+    assert all(tiny(family).packable for family in FAMILIES)
+    with pytest.raises(ValueError, match="at least one token"):
+        padding.pack(torch.ones(2, 3, dtype=torch.long), torch.tensor([[1, 1, 0], [0, 0, 0]]), 0)
+
+
+def test_packed_dropout_is_drawn_and_replays() -> None:
+    """Dropout in a packed encoder (attention's inside packed_attention, the rest in the
+    model's own layers) is applied in training, and the same RNG state gives the same
+    embeddings: what GradCache's second, graph-building pass relies on."""
+    part = batch([5, 19, 2, 11, 30])
+    for hidden, attention in ((0.0, 0.5), (0.3, 0.0)):
+        model = tiny("bert")
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = hidden
+        for layer in model.encoder.encoder.layer:
+            layer.attention.self.dropout.p = attention
+        model.pack()
+        model.eval()
+        plain = model(**part)
+        model.train()
+        torch.manual_seed(7)
+        first = model(**part)
+        torch.manual_seed(7)
+        again = model(**part)
+        assert torch.equal(first, again)
+        assert (first - plain).abs().max() > 1e-3
 
 
 def test_a_real_encoder_packs_exactly() -> None:

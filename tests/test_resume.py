@@ -67,7 +67,7 @@ def refused(out: subprocess.CompletedProcess, launcher_exit: int = 2) -> str:
     ("train.lr=0.01", "train.lr (0.003 -> 0.01)"),
     ("model.max_passage_length=24", "model.max_passage_length (32 -> 24)"),
     ("train.alpha=1.0", "train.alpha (0.5 -> 1.0)"),
-    ("train.chunk_tokens=auto", "train.chunk_tokens (None -> packed)"),  # what runs (auto on a CPU, this XLM-R encoder), not "auto"
+    ("train.chunk_tokens=auto", "train.chunk_tokens (None -> 'packed')"),  # what runs (auto on a CPU, this XLM-R encoder), not "auto"
 ])
 def test_resume_refuses_changed_inputs(finished, change: str, named: str) -> None:
     _, args = finished
