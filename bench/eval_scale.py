@@ -68,11 +68,11 @@ def old_count_above(scores, cand_ids, thresholds, rel_ids):
     return np.where(rel_ids >= 0, ((above | tied) & other).sum(-1), 0)
 
 
-def unblocked_search_and_rank(q_emb, c_emb, ca, query_lang, cand_lang, relevant, k=100):
+def unblocked_search_and_rank(q_emb, c_emb, ca, query_lang, cand_lang, relevant, env, k=100):
     """The ranking and search of evaluate() before blocking (commit 310a087), with the
     layout's arrays passed in: float64 copies of all embeddings, one dense score matrix
     per (query language, pool language)."""
-    from hbt.eval.encode import gather_objects
+    from hbt.dist import gather_objects
     from hbt.eval.search import build_index, local_topk
 
     cb = ca + len(c_emb)
@@ -86,7 +86,7 @@ def unblocked_search_and_rank(q_emb, c_emb, ca, query_lang, cand_lang, relevant,
     for lo in range(0, len(qi), 65536):
         q, r = qi[lo:lo + 65536], ri[lo:lo + 65536]
         thresholds[q, r] = np.einsum("nd,nd->n", q64[q], c64[relevant[q, r] - ca])
-    thresholds = np.sum(gather_objects(thresholds), axis=0)
+    thresholds = np.sum(gather_objects(thresholds, env), axis=0)
     counts = np.zeros(relevant.shape + (n_clang,), dtype=np.int64)
     topk_parts = {}
     tick = time.perf_counter()
@@ -102,8 +102,8 @@ def unblocked_search_and_rank(q_emb, c_emb, ca, query_lang, cand_lang, relevant,
             t0 = time.perf_counter()
             topk_parts[x, y] = local_topk(faiss_index, q_emb[rows], c_ids[cols], k)
             search_s += time.perf_counter() - t0
-    counts = np.sum(gather_objects(counts), axis=0)
-    gathered = gather_objects(topk_parts)
+    counts = np.sum(gather_objects(counts, env), axis=0)
+    gathered = gather_objects(topk_parts, env)
     return counts, gathered, {"rank_s": time.perf_counter() - tick - search_s - index_s, "index_s": index_s,
                               "search_s": search_s}
 
@@ -136,6 +136,7 @@ def _worker(rank: int, world: int, init: str, variant: str, n: int, queries: int
     import faiss
     import torch.distributed as dist
 
+    from hbt.dist import detect
     from hbt.eval.run import search_and_rank
     from hbt.eval.search import merge_topk
 
@@ -149,8 +150,9 @@ def _worker(rank: int, world: int, init: str, variant: str, n: int, queries: int
         dist.barrier()
     before = reset_peak_rss()
     tick = time.perf_counter()
-    counts, gathered, timings = step(q, cands, first, query_lang, cand_lang, relevant) if variant == "ranks-only" \
-        else step(q, cands, first, query_lang, cand_lang, relevant, k=k)
+    env = detect({"RANK": str(rank), "WORLD_SIZE": str(world)})
+    counts, gathered, timings = step(q, cands, first, query_lang, cand_lang, relevant, env) if variant == "ranks-only" \
+        else step(q, cands, first, query_lang, cand_lang, relevant, env, k=k)
     wall = time.perf_counter() - tick
     peak = peak_rss()
     langs = sorted({x for part in gathered for x, _ in part})

@@ -38,6 +38,7 @@ def _search_worker(rank: int, world: int, init: str, n: int, dim: int, queries: 
     import faiss
     import torch.distributed as dist
 
+    from hbt.dist import detect
     from hbt.eval.encode import shard_bounds
     from hbt.eval.search import distributed_topk
 
@@ -50,7 +51,7 @@ def _search_worker(rank: int, world: int, init: str, n: int, dim: int, queries: 
     if world > 1:
         dist.barrier()
     tick = time.perf_counter()
-    distributed_topk(q, vectors, np.arange(a, b), k)
+    distributed_topk(q, vectors, np.arange(a, b), k, detect({"RANK": str(rank), "WORLD_SIZE": str(world)}))
     elapsed = time.perf_counter() - tick
     if rank == 0:
         with open(out, "w") as f:

@@ -58,7 +58,8 @@ def problem(n: int, queries: int, dim: int, rank: int, world: int, tmp: str):
     with their global ids: a contiguous shard here (hbt mine's shards interleave; the
     search does not care)."""
     from hbt.eval.encode import shard_bounds
-    from hbt.mine import Layout
+    from hbt.mine import MineLayout
+    from hbt.relevance import CandidateLayout
 
     c_start = np.arange(LANGS + 1) * n // LANGS
     q_start = np.arange(LANGS + 1) * queries // LANGS
@@ -77,8 +78,10 @@ def problem(n: int, queries: int, dim: int, rank: int, world: int, tmp: str):
         cands[lo - a:min(lo + CHUNK, b) - a] = candidate_rows(lo, min(lo + CHUNK, b), n, dim)
     cands.flush()
     del cands, q
-    layout = Layout(langs=[f"l{i}" for i in range(LANGS)], pairs=[], query_texts=[], cand_texts=[],
-                    q_start=q_start, c_start=c_start, excluded=positive[:, None], positive=positive)
+    pools = CandidateLayout(langs=[f"l{i}" for i in range(LANGS)], start=c_start,
+                            lang=np.repeat(np.arange(LANGS), np.diff(c_start)), texts=[], ids=[], relevant=positive[:, None])
+    layout = MineLayout(pairs=[], query_texts=[], q_start=q_start, excluded=positive[:, None], positive=positive,
+                        candidates=pools)
     return (np.load(f"{tmp}/q.{rank}.npy", mmap_mode="r"), np.load(f"{tmp}/c.{rank}.npy", mmap_mode="r"),
             np.arange(a, b), layout)
 
@@ -87,6 +90,7 @@ def _worker(rank: int, world: int, init: str, n: int, queries: int, dim: int, k:
     import faiss
     import torch.distributed as dist
 
+    from hbt.dist import detect
     from hbt.mine import MineSettings, mine_embeddings
 
     faiss.omp_set_num_threads(max(1, (os.cpu_count() or 1) // world))
@@ -102,7 +106,8 @@ def _worker(rank: int, world: int, init: str, n: int, queries: int, dim: int, k:
         dist.barrier()
     before = reset_peak_rss()
     tick = time.perf_counter()
-    result = mine_embeddings(q, cands, ids, layout, MineSettings(k=k), writer=writer if rank == 0 else None)
+    result = mine_embeddings(q, cands, ids, layout, MineSettings(k=k), detect({"RANK": str(rank), "WORLD_SIZE": str(world)}),
+                             writer=writer if rank == 0 else None)
     wall = time.perf_counter() - tick
     out = {"wall_s": wall, "search_s": result["timings"]["search_s"], "choose_s": result["timings"]["choose_write_s"],
            "rss_before_mib": before, "peak_mib": peak_rss(), "step_mib": peak_rss() - before,

@@ -46,7 +46,7 @@ def mined_like(offsets: np.ndarray, langs: np.ndarray, passages: np.ndarray, k: 
 def measure(pairs: int, k: int, batch: int) -> dict:
     """In this (child) process: build the index (with its blocks), plan epoch 0."""
     sys.path.insert(0, ROOT)
-    from hbt.sampler import LanguageIndex, SamplerConfig, _Planner
+    from hbt.sampling import EpochPlanner, LanguageIndex, SamplerConfig
 
     offsets, langs, passages = index_arrays(pairs, 1.0)
     negatives = mined_like(offsets, langs, passages, k) if k else None
@@ -54,11 +54,11 @@ def measure(pairs: int, k: int, batch: int) -> dict:
     tick = time.perf_counter()
     index = LanguageIndex.from_arrays(names, offsets, langs, passages, negatives=negatives)
     build = time.perf_counter() - tick
-    planner = _Planner(index, SamplerConfig(batch_size=batch, alpha=0.5))
+    planner = EpochPlanner(index, SamplerConfig(batch_size=batch, alpha=0.5))
     tick = time.perf_counter()
     plan = planner.plan(0, np.empty(0, np.int64))
     elapsed = time.perf_counter() - tick
-    conflicts = int(planner._conflicts(plan.items, plan.plang).any(axis=1).sum()) if k else 0
+    conflicts = int(index.blocks.conflicts(plan.items, plan.plang).any(axis=1).sum()) if k else 0
     return {"pairs": int(offsets[-1]), "build_s": build, "plan_s": elapsed, "rss_mib": peak_rss_mib(),
             "blocks": int(len(index.blocks)), "batches": len(plan), "left_in_conflict": conflicts}
 

@@ -1,7 +1,9 @@
 """Sampler scale: time to plan one epoch, and the peak RSS of the process, from 10^4 to
-10^7 (item, language) pairs, the array planner (hbt/sampler.py) beside the planner it
-replaced (``git show OLD_REV:hbt/sampler.py``), in fresh child processes, alternating,
-medians over --rounds.
+10^7 (item, language) pairs, the array planner (``hbt.sampling.EpochPlanner``) beside
+the planner it replaced (``git show OLD_REV:hbt/sampler.py``), in fresh child processes,
+alternating, medians over --rounds. The old module is driven through its public names:
+its ``HybridBatchSampler`` plans epoch 0 when it is built, so its time also holds that
+constructor's pool check (one pass over the items, small beside its planning).
 
 The data is synthetic-like index data built directly as numpy arrays (4 languages,
 XQuAD-R-like shared answers: a third of the items share their passage with the item
@@ -82,7 +84,7 @@ def measure(planner: str, pairs: int, scenario: str, batch: int, old_rev: str) -
     tick = time.perf_counter()
     if planner == "new":
         sys.path.insert(0, ROOT)
-        from hbt.sampler import LanguageIndex, SamplerConfig, _Planner
+        from hbt.sampling import EpochPlanner, LanguageIndex, SamplerConfig
 
         index = LanguageIndex.from_arrays(names, offsets, langs, passages)
     else:
@@ -94,19 +96,16 @@ def measure(planner: str, pairs: int, scenario: str, batch: int, old_rev: str) -
         old = importlib.util.module_from_spec(spec)
         sys.modules["old_sampler"] = old
         spec.loader.exec_module(old)
-        LanguageIndex, SamplerConfig, _Planner = old.LanguageIndex, old.SamplerConfig, old._Planner
         item_langs = [tuple(langs[a:b].tolist()) for a, b in zip(offsets[:-1], offsets[1:])]
         passage_ids = [dict(zip(langs[a:b].tolist(), passages[a:b].tolist())) for a, b in zip(offsets[:-1], offsets[1:])]
-        index = LanguageIndex(names, item_langs, passage_ids)
+        index = old.LanguageIndex(names, item_langs, passage_ids)
     build = time.perf_counter() - tick
-    planner_ = _Planner(index, SamplerConfig(batch_size=batch, alpha=alpha))
     tick = time.perf_counter()
     if planner == "new":
-        plan = planner_.plan(0, np.empty(0, np.int64))
+        n_batches = len(EpochPlanner(index, SamplerConfig(batch_size=batch, alpha=alpha)).plan(0, np.empty(0, np.int64)))
     else:
-        plan = planner_.plan(0, [])
+        n_batches = len(old.HybridBatchSampler(index, old.SamplerConfig(batch_size=batch, alpha=alpha)).plan(0))
     elapsed = time.perf_counter() - tick
-    n_batches = len(plan) if planner == "new" else len(plan.batches)
     rss = peak_rss_mib()
     return {"pairs": int(offsets[-1]), "items": len(offsets) - 1, "build_s": build, "plan_s": elapsed,
             "rss_mib": rss, "batches": n_batches}

@@ -30,7 +30,7 @@ from hbt.batches import RankBatches
 from hbt.data.sources import Source
 from hbt.data.tokenize import PairTokenizer, TextSpec
 from hbt.data.training import load_training_data
-from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig
+from hbt.sampling import HybridBatchSampler, LanguageIndex, SamplerConfig
 
 
 def cached_pass(data, tokenizer, spec: TextSpec, num_proc: int, cache: Path) -> float:

@@ -56,11 +56,13 @@ Budget = int | str | None  # a train.chunk_tokens value: tokens per chunk, "pack
 
 def compute() -> tuple[str, bool]:
     """Where the bare loops and sentence-transformers train, and whether in bf16: the GPU
-    in bf16 when there is one, as ``hbt train``'s ``train.precision=auto`` does, else the
-    CPU in fp32."""
+    when there is one, else the CPU, in what ``hbt train``'s ``train.precision=auto``
+    resolves to there."""
     import torch
 
-    return ("cuda", True) if torch.cuda.is_available() else ("cpu", False)
+    from hbt.resolve import precision
+
+    return "cuda" if torch.cuda.is_available() else "cpu", precision("auto") == "bf16"
 
 
 def synchronize(device: str) -> None:
@@ -242,6 +244,7 @@ def label(name: str, budget: Budget, several: bool) -> str:
 
 def main() -> None:
     from hbt.config import TrainConfig
+    from hbt.resolve import padding
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help=f"comma-separated, of {', '.join(PRESETS)}")
@@ -249,7 +252,7 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {', '.join(CONTENDERS)}")
     import torch
 
-    auto = TrainConfig().padding(gpu=torch.cuda.is_available(), packable=True)  # both presets' encoders pack
+    auto = padding(TrainConfig().chunk_tokens, gpu=torch.cuda.is_available(), packs=True)  # both presets' encoders pack
     parser.add_argument("--chunk-tokens", default="null" if auto is None else str(auto),
                         help="train.chunk_tokens value(s) of the chunked contenders, comma-separated: packed, a "
                              "token budget, or null: one padded pass (default: what auto runs on this machine)")

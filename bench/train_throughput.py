@@ -54,18 +54,20 @@ def gather_child(per_rank: int, dim: int, repeats: int) -> None:
     import torch
     import torch.distributed as dist
 
+    from hbt.dist import detect
     from hbt.loss import gather_with_grad
 
+    env = detect()  # torchrun's variables
     dist.init_process_group("gloo")
     times = []
     for i in range(repeats + 20):
         x = torch.randn(per_rank, dim, requires_grad=True)
         dist.barrier()
         tick = time.perf_counter()
-        gather_with_grad(x).sum().backward()
+        gather_with_grad(x, env.world_size).sum().backward()
         if i >= 20:  # warm-up
             times.append(time.perf_counter() - tick)
-    if dist.get_rank() == 0:
+    if env.is_main:
         print(json.dumps({"gather_ms": 1000 * statistics.median(times)}), flush=True)
     dist.barrier()  # no rank tears down while another still has a collective in flight
     dist.destroy_process_group()
@@ -74,20 +76,18 @@ def gather_child(per_rank: int, dim: int, repeats: int) -> None:
 def collation_ms(config: str, overrides: list[str], per_rank: int, batches: int = 200) -> float:
     """Median ms to read, tokenise and pad one rank's pairs (``RankBatches[b]``), the work
     a DataLoader worker does per step."""
-    from hbt import dist as hdist
     from hbt.batches import RankBatches
     from hbt.config import load_config
-    from hbt.data.tokenize import PairTokenizer, TextSpec
+    from hbt.data.tokenize import PairTokenizer
+    from hbt.dist import detect
+    from hbt.resolve import text_spec
     from hbt.train import build_model, sampler_for, training_data
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, [*overrides, f"run.dir={tmp}/run", f"data.cache_dir={tmp}/cache", f"train.batch_size={per_rank}"])
         data = training_data(cfg)
-        env = hdist.DistEnv(rank=0, world_size=1, local_rank=0, master_addr="", master_port=0, launcher="single")
-        _, tokenizer = build_model(cfg, data, Path(tmp, "run"), env)
-        m, t = cfg.model, cfg.train
-        tokenize = PairTokenizer(tokenizer, TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length),
-                                 t.hard_negatives)
+        _, tokenizer = build_model(cfg, data, Path(tmp, "run"), detect({}))
+        tokenize = PairTokenizer(tokenizer, text_spec(cfg.model), cfg.train.hard_negatives)
         sampler = sampler_for(cfg, data)
         times, epoch = [], 0
         while len(times) < batches:

@@ -15,40 +15,30 @@ import os
 import time
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hbt import signals
 from hbt.data.tokenize import PairTokenizer
 from hbt.data.training import TrainingData
-from hbt.sampler import EpochPlan
-
-
-def pair_rows(data: TrainingData, items: np.ndarray, langs: np.ndarray) -> np.ndarray:
-    """The table rows of (item, language code) pairs: each item's languages are sorted,
-    so the pair sits at ``offsets[item]`` plus the number of its languages below ``lang``."""
-    rows = np.empty(len(items), dtype=np.int64)
-    for n, (item, lang) in enumerate(zip(items.tolist(), langs.tolist())):
-        lo, hi = data.offsets[item], data.offsets[item + 1]
-        rows[n] = data.rows[lo + int(np.searchsorted(data.langs[lo:hi], lang))]
-    return rows
+from hbt.sampling import EpochPlan
 
 
 class RankBatches(Dataset):
-    """Batch ``b`` of one epoch's plan, as this rank's padded token ids."""
+    """Batch ``b`` of one epoch's plan, as this rank's padded token ids: the rank reads
+    ``plan.for_rank(lo, hi)``, its slots of every contrastive batch."""
 
     def __init__(self, plan: EpochPlan, lo: int, hi: int, data: TrainingData, tokenize: PairTokenizer):
-        self.items, self.qlang, self.plang = plan.items[:, lo:hi], plan.qlang[:, lo:hi], plan.plang[:, lo:hi]
+        self.part = plan.for_rank(lo, hi)
         self.data, self.tokenize = data, tokenize
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.part)
 
     def texts(self, b: int) -> tuple[list[str], list[str], list[list[str]] | None]:
         """Queries, positives and (when the run uses them) hard negatives of batch ``b``."""
-        data, items = self.data, self.items[b]
-        q_rows, p_rows = pair_rows(data, items, self.qlang[b]), pair_rows(data, items, self.plang[b])
+        data, part = self.data, self.part
+        q_rows, p_rows = data.pair_rows(part.items[b], part.qlang[b]), data.pair_rows(part.items[b], part.plang[b])
         negatives = data.column("negatives", p_rows) if self.tokenize.hard_negatives else None
         return data.column("query", q_rows), data.column("positive", p_rows), negatives
 

@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from hbt import fingerprint as run_fingerprint
-from hbt.dist import barrier
+from hbt.dist import DistEnv, barrier
 
 
 def rng_state() -> dict[str, Any]:
@@ -70,11 +69,14 @@ def _fsync_path(path: Path) -> None:
 
 
 class Checkpointer:
-    def __init__(self, root: Path, keep: int, fingerprint: dict | None = None):
+    """The checkpoints under ``root``: ``env`` says which rank this process is (each rank
+    saves its own RNG states; rank 0 renames, points and prunes)."""
+
+    def __init__(self, root: Path, keep: int, env: DistEnv, fingerprint: dict | None = None):
         self.root = root
         self.keep = keep
         self.fingerprint = fingerprint
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.rank = env.rank
 
     @property
     def pointer(self) -> Path:

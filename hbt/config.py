@@ -20,7 +20,7 @@ import yaml
 
 from hbt.data.sources import Source
 from hbt.errors import InputError
-from hbt.sampler import SamplerConfig
+from hbt.sampling import SamplerConfig
 
 
 @dataclass
@@ -72,15 +72,32 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
+SAMPLER_KEYS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.name != "seed")  # train.<name>; seed is run.seed
+BATCH_SIZE = 64  # train.batch_size's default: SamplerConfig leaves the contrastive batch to its caller
+
+
+def _sampler_section() -> type:
+    """The sampler's keys of the train section, as a dataclass for :class:`TrainConfig` to
+    extend: :class:`SamplerConfig`'s fields (their one definition: name, type, default,
+    hence the choices ``_check`` enforces), in its order, without ``seed`` (``run.seed``)."""
+    hints = typing.get_type_hints(SamplerConfig)
+    keys = [(f.name, hints[f.name], field(default=BATCH_SIZE) if f.name == "batch_size" else
+             field(default=f.default, default_factory=f.default_factory))
+            for f in dataclasses.fields(SamplerConfig) if f.name in SAMPLER_KEYS]
+    section = dataclasses.make_dataclass("SamplerSection", keys)
+    section.__module__ = __name__
+    return section
+
+
+SamplerSection = _sampler_section()
+
+
 @dataclass
-class TrainConfig:
-    batch_size: int = 64  # the contrastive batch: all ranks together
-    alpha: float = 0.5  # share of monolingual batches (1: mono-only, 0: cross-only)
-    mix: Literal["exact", "bernoulli"] = "exact"
-    language_policy: Literal["proportional", "uniform", "temperature"] = "proportional"
-    language_temperature: float = 1.0
-    remainder: Literal["drop", "carry"] = "drop"
-    same_source: bool = False  # every contrastive batch from one source (FlagEmbedding's same_dataset_within_batch)
+class TrainConfig(SamplerSection):
+    """The train section: first the sampler's keys (:data:`SAMPLER_KEYS`, documented with
+    :class:`SamplerConfig`: ``batch_size`` is the contrastive batch of all ranks together,
+    ``alpha`` the share of monolingual batches), then the optimisation's."""
+
     epochs: int = 1
     max_steps: int | None = None  # stop early (still evaluates and exports); 0: evaluate the untrained model
     lr: float = 1e-4
@@ -94,33 +111,16 @@ class TrainConfig:
     grad_cache_chunk: int | None = None  # GradCache: encode this many texts at a time
     # how a side avoids computing padding: packed (BERT-family encoders), length-sorted chunks of
     # this many padded tokens, or null (one padded pass); auto: packed or 512 on a CPU, null on a GPU
+    # (hbt.resolve decides it at start-up)
     chunk_tokens: int | Literal["auto", "packed"] | None = "auto"
     deepspeed: str = "configs/deepspeed/zero0.json"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that supports it, else fp32 (hbt.resolve)
     checkpoint_every: int = 100  # optimizer steps
     keep_checkpoints: int = 2
 
     def sampler(self, seed: int) -> SamplerConfig:
-        return SamplerConfig(
-            batch_size=self.batch_size, alpha=self.alpha, mix=self.mix, language_policy=self.language_policy,
-            language_temperature=self.language_temperature, remainder=self.remainder, seed=seed,
-            same_source=self.same_source,
-        )
-
-    def padding(self, gpu: bool, packable: bool) -> int | Literal["packed"] | None:
-        """``chunk_tokens`` on this device for an encoder that packing supports or not
-        (:mod:`hbt.padding`). ``auto`` on a CPU packs where it can (``hbt train`` on
-        e5-small 1.38x faster than one padded pass and 1.21x faster than 512-token chunks
-        at batch 32, the same gradients) and otherwise takes 512-token chunks; on a GPU it
-        is one padded pass, since 512-token chunks ran e5-small 7-12x slower there (every
-        chunk pays the kernel launches of a whole pass) and packing is not measured there
-        (BENCHMARKS §1)."""
-        if self.chunk_tokens == "auto":
-            return None if gpu else "packed" if packable else 512
-        if self.chunk_tokens == "packed" and not packable:
-            raise InputError("train.chunk_tokens", "packed needs a BERT, RoBERTa or XLM-R encoder with absolute positions; "
-                             "use auto or a number of tokens")
-        return self.chunk_tokens
+        """The sampler's settings of this section, with ``seed`` (``run.seed``)."""
+        return SamplerConfig(seed=seed, **{name: getattr(self, name) for name in SAMPLER_KEYS})
 
 
 @dataclass
@@ -191,6 +191,16 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def sampler_keys() -> dict[str, tuple[str, Any]]:
+    """Every :class:`SamplerConfig` field as the config key that sets it and its default
+    there: ``train.<name>``, and ``seed`` as ``run.seed`` (``hbt data sample`` and ``hbt
+    data plan`` take them as options)."""
+    cfg = Config()
+    keys = {name: (f"train.{name}", getattr(cfg.train, name)) for name in SAMPLER_KEYS}
+    keys["seed"] = ("run.seed", cfg.run.seed)
+    return keys
 
 
 def shipped_path(path: str, key: str) -> Path:

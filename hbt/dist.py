@@ -5,6 +5,11 @@ mpirun, or nothing) leaves its own variables; :func:`detect` reads them into one
 :class:`DistEnv` and :func:`init` starts the process group from it: NCCL on GPUs, gloo
 on CPU. The world size everything else uses is ``torch.distributed``'s, never a
 launcher's guess (accelerate reports 1 process on CPU while the world is 2).
+
+This is the only module that reads the launcher's variables or asks torch.distributed
+for a rank or world size: everything else is handed the :class:`DistEnv` (or its rank
+and world size), as torchtitan passes its ``ParallelDims`` and OpenCLIP's ``ClipLoss``
+takes ``rank`` and ``world_size``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Mapping
+from typing import Mapping, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -126,6 +131,18 @@ def all_max(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+T = TypeVar("T")
+
+
+def gather_objects(obj: T, env: DistEnv) -> list[T]:
+    """Every rank's ``obj`` (any picklable object), in rank order; on one rank, ``[obj]``."""
+    if env.world_size == 1:
+        return [obj]
+    out: list = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_mean(value: torch.Tensor) -> float:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value.item()
@@ -147,11 +164,11 @@ def is_peer_failure(error: BaseException) -> bool:
     return isinstance(error, dist.DistError) or any(text in str(error) for text in _PEER_FAILURES)
 
 
-def lost_ranks(wait_s: float = 3.0) -> list[int] | None:
+def lost_ranks(env: DistEnv, wait_s: float = 3.0) -> list[int] | None:
     """The ranks that are gone, found through the rendezvous store after a collective
     failed: every survivor checks in and waits ``wait_s`` for the others. None when the
     store itself is unreachable (it lives with rank 0 under srun and mpirun)."""
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = env.rank, env.world_size
     try:
         store = dist.distributed_c10d._get_default_store()
         store.set(f"hbt/alive/{rank}", "1")

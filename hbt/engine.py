@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from hbt import signals
-from hbt.signals import EXIT_PREEMPTED, Preempted, stop_requested  # noqa: F401  (EXIT_PREEMPTED: the CLI's)
+from hbt.signals import Preempted, stop_requested
 from hbt.batches import RankBatches, stream
 from hbt.checkpoint import Checkpointer
 from hbt.config import Config, TrainConfig
@@ -30,7 +30,8 @@ from hbt.loss import ContrastiveLoss, grad_cache_step
 from hbt.model import BiEncoder
 from hbt.padding import encode_chunked
 from hbt.monitor import Monitor
-from hbt.sampler import HybridBatchSampler
+from hbt.resolve import Resolved
+from hbt.sampling import HybridBatchSampler
 
 
 class Diverged(Exception):
@@ -38,13 +39,11 @@ class Diverged(Exception):
     weights never produced a non-finite loss."""
 
 
-def use_bf16(precision: str) -> bool:
-    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
-def deepspeed_config(train: TrainConfig, per_rank: int, world_size: int, total_steps: int) -> dict:
+def deepspeed_config(train: TrainConfig, resolved: Resolved, world_size: int) -> dict:
     """The DeepSpeed JSON (ZeRO stage and engine options) with hbt's batch, optimizer,
-    schedule and precision filled in from the experiment config, its single source."""
+    schedule and precision filled in from the experiment config, its single source (as
+    resolved for this run)."""
+    per_rank = resolved.per_rank_batch
     path = Path(train.deepspeed)  # resolved and checked by Config.validate
     try:
         ds = json.loads(path.read_text())
@@ -62,7 +61,7 @@ def deepspeed_config(train: TrainConfig, per_rank: int, world_size: int, total_s
         # core, the fused one 79 ms.
         "optimizer": {"type": "AdamW", "params": {"lr": train.lr, "weight_decay": train.weight_decay, "betas": [0.9, 0.999],
                                                   "eps": 1e-8, "torch_adam": True, "fused": True}},
-        "bf16": {"enabled": use_bf16(train.precision)},
+        "bf16": {"enabled": resolved.bf16},
         "steps_per_print": 10**9,
     })
     ds.setdefault("zero_optimization", {"stage": 0})
@@ -92,38 +91,30 @@ class TrainState:
 
 
 class Engine:
-    def __init__(self, cfg: Config, env: DistEnv, model: BiEncoder, data: TrainingData, tokenize: PairTokenizer,
-                 sampler: HybridBatchSampler, run_dir: Path, fingerprint: dict | None = None):
+    """DeepSpeed around ``model`` on this rank (``env``), training as ``resolved`` decided
+    (padding remedy, precision, per-rank batch, steps)."""
+
+    def __init__(self, cfg: Config, env: DistEnv, resolved: Resolved, model: BiEncoder, data: TrainingData,
+                 tokenize: PairTokenizer, sampler: HybridBatchSampler, run_dir: Path, fingerprint: dict | None = None):
         import deepspeed
 
         self.cfg, self.env, self.data, self.tokenize, self.sampler, self.run_dir = cfg, env, data, tokenize, sampler, run_dir
+        self.resolved = resolved
         t = cfg.train
-        self.total_steps = self._count_steps(t)
-        self.ds_config = deepspeed_config(t, sampler.per_rank, env.world_size, self.total_steps)
-        padding = t.padding(gpu=torch.cuda.is_available(), packable=model.packable)
-        if padding == "packed":
+        self.ds_config = deepspeed_config(t, resolved, env.world_size)
+        if resolved.padding == "packed":
             model.pack()
-        self.chunk_tokens = None if padding == "packed" else padding  # a packed side is one pass
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=self.ds_config,
-                                                    lr_scheduler=linear_schedule(t, self.total_steps))
+                                                    lr_scheduler=linear_schedule(t, resolved.total_steps))
         if env.world_size == 1 and self.engine.zero_optimization_stage() == 0:
             # An all-reduce over one rank changes nothing, but DeepSpeed still flattens and
             # copies every gradient for it: 0.2 s of a 2.9 s step for e5-small on 2 CPU cores.
             # Only without ZeRO: under ZeRO 1-3 the same call is what moves the gradients
             # into the optimizer's partitions, and skipping it breaks the step.
             self.engine.enable_backward_allreduce = False
-        self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric)
-        self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, fingerprint=fingerprint)
+        self.loss_fn = ContrastiveLoss(temperature=t.temperature, symmetric=t.symmetric, rank=env.rank, world_size=env.world_size)
+        self.checkpointer = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints, env=env, fingerprint=fingerprint)
         self.state = TrainState()
-
-    def _count_steps(self, t: TrainConfig) -> int:
-        """Optimizer steps of the whole run: epochs are planned only as far as needed."""
-        batches = 0
-        for epoch in range(t.epochs):
-            batches += len(self.sampler.plan(epoch))
-            if t.max_steps is not None and batches // t.grad_accum >= t.max_steps:
-                return t.max_steps
-        return batches // t.grad_accum
 
     @property
     def module(self) -> BiEncoder:
@@ -146,7 +137,7 @@ class Engine:
     def _micro_step(self, batch: dict) -> torch.Tensor:
         """Forward + backward of one contrastive batch; returns this rank's loss. Each side
         is encoded packed or in length-sorted chunks, as ``train.chunk_tokens`` says."""
-        chunk, budget = self.cfg.train.grad_cache_chunk, self.chunk_tokens
+        chunk, budget = self.cfg.train.grad_cache_chunk, self.resolved.chunk_tokens
         if chunk:
             boundary = (self.state.micro + 1) % self.cfg.train.grad_accum == 0
 
@@ -185,51 +176,23 @@ class Engine:
         return Preempted(tag)
 
     # -- the loop -----------------------------------------------------------------------
-    def fit(self, evaluate: Callable[[str], dict] | None = None) -> TrainState:
+    def fit(self, evaluate: Callable[[str], dict] | None = None, on_gradients: Callable[[], None] | None = None) -> TrainState:
         """Train to the end (or ``train.max_steps``). ``evaluate(label)`` runs on every rank
         after each epoch (with ``eval.every_epoch``) and once at the end; it returns the
-        headline numbers, which are logged with the step. A stop signal (see
-        :mod:`hbt.signals`) ends it after the current step, or after the current
-        evaluation, with a checkpoint and :class:`Preempted`."""
+        headline numbers, which are logged with the step. ``on_gradients()`` runs on every
+        rank once an optimizer step's gradients are complete (after the backward of its
+        last contrastive batch, before the optimizer applies them), for a probe that reads
+        them (tests/matrix_worker.py). A stop signal (see :mod:`hbt.signals`) ends it after
+        the current step, or after the current evaluation, with a checkpoint and
+        :class:`Preempted`."""
         signals.install()
         t = self.cfg.train
-        monitor = Monitor(self.run_dir, self.total_steps, self.state.step, enabled=self.env.is_main)
+        monitor = Monitor(self.run_dir, self.resolved.total_steps, self.state.step, enabled=self.env.is_main)
         self.engine.train()
         try:
-            while self.state.step < self.total_steps and self.sampler.epoch < t.epochs:
+            while self.state.step < self.resolved.total_steps and self.sampler.epoch < t.epochs:
                 epoch = self.sampler.epoch
-                tick = time.perf_counter()
-                step_loss = 0.0  # sum of this optimizer step's contrastive-batch losses (this rank)
-                step_wait = 0.0  # seconds this step waited for its batches
-                lo, hi = self.sampler.rank_slice()
-                batches = RankBatches(self.sampler.plan(), lo, hi, self.data, self.tokenize)
-                for b, batch, waited in stream(batches, self.sampler.cursor, self.cfg.data.num_workers, self.cfg.data.prefetch):
-                    self.sampler.cursor = b + 1  # what was trained on; the workers may have read further
-                    step_wait += waited
-                    loss = self._micro_step(batch)
-                    stop, bad = all_max([float(signals.received()), float(not torch.isfinite(loss).item())])
-                    if bad:
-                        raise self._diverged(epoch)
-                    step_loss += loss.item()
-                    lr = self.engine.get_lr()[0]  # the rate this step applies (step() moves the schedule on)
-                    self.engine.step()
-                    self.state.micro += 1
-                    if self.state.micro % t.grad_accum:
-                        continue
-                    self.state.step += 1
-                    now = time.perf_counter()
-                    kind = self.sampler.plan()[self.sampler.cursor - 1].label
-                    monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(torch.tensor(step_loss / t.grad_accum)),
-                                  "lr": lr, "samples_per_s": t.batch_size * t.grad_accum / (now - tick),
-                                  "data_wait": step_wait / (now - tick), "batch": kind})
-                    step_loss = step_wait = 0.0
-                    tick = now
-                    if stop:
-                        raise self._preempt(monitor)
-                    if self.state.step % t.checkpoint_every == 0:
-                        self.save()
-                    if self.state.step >= self.total_steps:
-                        break
+                self._train_epoch(epoch, monitor, on_gradients)
                 if self.sampler.cursor >= len(self.sampler):
                     self.sampler.set_epoch(epoch + 1)
                     if evaluate is not None and (self.cfg.eval.every_epoch or self.sampler.epoch >= t.epochs):
@@ -243,3 +206,44 @@ class Engine:
         finally:
             monitor.close()
         return self.state
+
+    def _train_epoch(self, epoch: int, monitor: Monitor, on_gradients: Callable[[], None] | None) -> None:
+        """Train on the current epoch from the sampler's cursor to its end, or to the run's
+        last step: one DeepSpeed micro-step per contrastive batch, every rank agreeing on
+        stop signals and non-finite losses after each, and after each optimizer step the
+        metrics, a pre-emption checkpoint if asked, and the periodic checkpoint."""
+        t = self.cfg.train
+        tick = time.perf_counter()
+        step_loss = 0.0  # sum of this optimizer step's contrastive-batch losses (this rank)
+        step_wait = 0.0  # seconds this step waited for its batches
+        lo, hi = self.sampler.rank_slice()
+        batches = RankBatches(self.sampler.plan(), lo, hi, self.data, self.tokenize)
+        for b, batch, waited in stream(batches, self.sampler.cursor, self.cfg.data.num_workers, self.cfg.data.prefetch):
+            self.sampler.cursor = b + 1  # what was trained on; the workers may have read further
+            step_wait += waited
+            loss = self._micro_step(batch)
+            if on_gradients is not None and (self.state.micro + 1) % t.grad_accum == 0:
+                on_gradients()
+            stop, bad = all_max([float(signals.received()), float(not torch.isfinite(loss).item())])
+            if bad:
+                raise self._diverged(epoch)
+            step_loss += loss.item()
+            lr = self.engine.get_lr()[0]  # the rate this step applies (step() moves the schedule on)
+            self.engine.step()
+            self.state.micro += 1
+            if self.state.micro % t.grad_accum:
+                continue
+            self.state.step += 1
+            now = time.perf_counter()
+            kind = self.sampler.plan()[self.sampler.cursor - 1].label
+            monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(torch.tensor(step_loss / t.grad_accum)),
+                          "lr": lr, "samples_per_s": t.batch_size * t.grad_accum / (now - tick),
+                          "data_wait": step_wait / (now - tick), "batch": kind})
+            step_loss = step_wait = 0.0
+            tick = now
+            if stop:
+                raise self._preempt(monitor)
+            if self.state.step % t.checkpoint_every == 0:
+                self.save()
+            if self.state.step >= self.resolved.total_steps:
+                return

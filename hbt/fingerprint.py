@@ -63,12 +63,19 @@ def fingerprint(config: dict, data: str, tokenizer: str, model: str, world_size:
             "world_size": world_size, "config": shaping_config(config)}
 
 
-def differences(saved: dict, current: dict) -> list[str]:
-    """What changed, one short phrase each (empty when nothing did)."""
+def differences(saved: dict, current: dict, auto_precision: str) -> list[str]:
+    """What changed, one short phrase each (empty when nothing did).
+
+    A fingerprint records ``train.precision`` as it ran (:mod:`hbt.resolve`), but one
+    written before hbt resolved it holds ``"auto"``, and what that ran as is not recorded.
+    It is taken as ``auto_precision``, what auto runs as on this machine: a run requeued
+    on the same kind of machine resumes, and one moved between a CPU and a bf16 GPU under
+    such an old checkpoint is not caught."""
     out = [name if name != "deepspeed" else "deepspeed (the train.deepspeed JSON's content)"
             for name in ("data", "tokenizer", "model", "deepspeed") if saved.get(name) != current[name]]
     old, new = saved.get("config", {}), current["config"]
-    out += [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    as_run = {**old, "train.precision": auto_precision} if old.get("train.precision") == "auto" else old
+    out += [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if as_run.get(k) != new.get(k)]
     return out
 
 

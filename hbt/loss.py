@@ -10,7 +10,8 @@ one backward, as the symmetric loss with hard negatives has three (a SIGSEGV in 
 tests/test_loss.py's many-step test reproduces it). With the usual averaging of
 parameter gradients over ranks this gives exactly the gradient of the single-process
 loss over the whole contrastive batch (tests/test_loss.py checks it on 2 and 3
-processes).
+processes). Like OpenCLIP's loss, :class:`ContrastiveLoss` is handed its rank and the
+world size rather than asking torch.distributed.
 """
 
 from __future__ import annotations
@@ -19,23 +20,15 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_gather
 
 from hbt.padding import in_batch_order, length_chunks, take
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+def gather_with_grad(x: torch.Tensor, world_size: int) -> torch.Tensor:
     """All ranks' ``x`` concatenated in rank order; gradients flow back to their owners."""
-    _, world = _world()
-    if world == 1:
+    if world_size == 1:
         return x
     return torch.cat(all_gather(x.contiguous()))
 
@@ -43,21 +36,23 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 class ContrastiveLoss:
     """InfoNCE over the contrastive batch: query i's positive is passage i; every other
     passage of every rank (and every hard negative) is a negative. ``symmetric`` adds
-    the passage -> query direction."""
+    the passage -> query direction. ``rank`` and ``world_size`` place this rank's pairs in
+    the contrastive batch (its labels) and say whose passages to gather."""
 
-    def __init__(self, temperature: float = 0.05, symmetric: bool = False):
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, rank: int = 0, world_size: int = 1):
         self.temperature = temperature
         self.symmetric = symmetric
+        self.rank = rank
+        self.world_size = world_size
 
     def __call__(self, queries: torch.Tensor, passages: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
-        rank, _ = _world()
         local = queries.shape[0]
-        labels = torch.arange(local, device=queries.device) + rank * local
-        all_passages = gather_with_grad(passages)
-        candidates = all_passages if negatives is None else torch.cat([all_passages, gather_with_grad(negatives)])
+        labels = torch.arange(local, device=queries.device) + self.rank * local
+        all_passages = gather_with_grad(passages, self.world_size)
+        candidates = all_passages if negatives is None else torch.cat([all_passages, gather_with_grad(negatives, self.world_size)])
         loss = F.cross_entropy(queries @ candidates.T / self.temperature, labels)
         if self.symmetric:
-            all_queries = gather_with_grad(queries)
+            all_queries = gather_with_grad(queries, self.world_size)
             loss = (loss + F.cross_entropy(passages @ all_queries.T / self.temperature, labels)) / 2
         return loss
 

@@ -31,15 +31,18 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from hbt.data.corpus import Corpus
 from hbt.data.languages import check_language
+from hbt.dist import DistEnv, gather_objects
 from hbt.errors import InputError
-from hbt.eval.encode import encode, gather_objects, world
+from hbt.eval.encode import encode
 from hbt.eval.search import IndexKind, build_index, local_topk, merge_topk, relevant_scores
+from hbt.relevance import CandidateLayout
 
 MARGIN = 8  # extra candidates each rank searches beyond the depth, so float32 ties at the cut do not matter
 EXCHANGE_ROWS = 16384  # query embeddings sent per rank and round when ranks share them
@@ -94,69 +97,64 @@ class Search:
 
 
 @dataclass
-class Layout:
-    """The pairs to mine for (queries, in language then item order) and the pools.
+class MineLayout:
+    """The pairs to mine for (queries, in language then item order) on top of the shared
+    :class:`hbt.relevance.CandidateLayout` of the mined languages' pools (global candidate
+    ids in language order, so each language is one id range).
 
-    Candidates get global ids in language order, so each language is one id range.
     ``excluded`` holds, per query, the candidates it may never get: those relevant to its
-    item (the evaluation's rule) and those whose text is its positive's; ``positive`` the
-    candidate that is its positive (its score is the reference of ``--max-score-ratio``)."""
+    item in its own pool (the evaluation's rule; no other pool is searched) and, mining's
+    own rule on top, those whose text is its positive's; ``positive`` the candidate that is
+    its positive (its score is the reference of ``--max-score-ratio``)."""
 
-    langs: list[str]
     pairs: list[tuple[int, str]]  # (item index, language) per query
     query_texts: list[str]
-    cand_texts: list[str]
-    q_start: np.ndarray  # queries of langs[i]: q_start[i]:q_start[i+1]
-    c_start: np.ndarray
+    q_start: np.ndarray  # queries of candidates.langs[i]: q_start[i]:q_start[i+1]
     excluded: np.ndarray  # (queries x E) global candidate ids, -1 pads
     positive: np.ndarray  # (queries,) global candidate id
+    candidates: CandidateLayout
 
     @classmethod
-    def of(cls, corpus: Corpus, languages: tuple[str, ...] | None, source: str) -> "Layout":
-        if not corpus.items:
-            raise InputError(source, "has no training pairs (query and positive) to mine negatives for")
-        have = sorted({lang for item in corpus.items for lang in item.pairs} & set(corpus.retrieval.candidates))
-        if languages:
-            for lang in languages:
-                check_language(lang, "--languages")
-                if lang not in have:
-                    raise InputError("--languages", f"no '{lang}' pairs in {source} (it has: {', '.join(have)})")
-            langs = sorted(set(languages))
-        else:
-            langs = have
-        pairs, query_texts, cand_texts, excluded, positive = [], [], [], [], []
-        q_start, c_start = [0], [0]
-        for lang in langs:
-            pool = corpus.retrieval.candidates[lang]
-            first = len(cand_texts)
-            by_item: dict[str, list[int]] = defaultdict(list)
+    def of(cls, corpus: Corpus, languages: tuple[str, ...] | None, source: str) -> "MineLayout":
+        langs = mined_languages(corpus, languages, source)
+        pairs = [(i, lang) for lang in langs for i, item in enumerate(corpus.items) if lang in item.pairs]
+        cands = CandidateLayout.of(corpus.retrieval.candidates, [corpus.items[i].id for i, _ in pairs], langs)
+        q_start = np.searchsorted([langs.index(lang) for _, lang in pairs], np.arange(len(langs) + 1))
+        excluded, positive = [], []
+        for li, lang in enumerate(langs):
             by_text: dict[str, list[int]] = defaultdict(list)
-            for n, cand in enumerate(pool):
-                for item_id in cand.item_ids:
-                    by_item[item_id].append(first + n)
-                by_text[cand.text.strip()].append(first + n)
-            cand_texts.extend(c.text for c in pool)
-            for i, item in enumerate(corpus.items):
-                pair = item.pairs.get(lang)
-                if pair is None:
-                    continue
-                same_text = by_text.get(pair.passage.strip(), [])
-                relevant = by_item.get(item.id, [])
+            for gid in range(int(cands.start[li]), int(cands.start[li + 1])):
+                by_text[cands.texts[gid].strip()].append(gid)
+            rows = slice(int(q_start[li]), int(q_start[li + 1]))
+            for (i, _), relevant in zip(pairs[rows], cands.relevant_in(li, rows)):
+                item = corpus.items[i]
+                same_text = by_text.get(item.pairs[lang].passage.strip(), [])
                 pos = [c for c in same_text if c in relevant] or same_text
                 if not pos:
                     raise InputError(source, f"item '{item.id}': its '{lang}' positive is not in the '{lang}' candidate pool")
-                pairs.append((i, lang))
-                query_texts.append(pair.query)
                 excluded.append(sorted(set(relevant) | set(same_text)))
                 positive.append(pos[0])
-            q_start.append(len(query_texts))
-            c_start.append(len(cand_texts))
         width = max(map(len, excluded), default=1)
         ex = np.full((len(excluded), width), -1, dtype=np.int64)
         for row, ids in enumerate(excluded):
             ex[row, :len(ids)] = ids
-        return cls(langs, pairs, query_texts, cand_texts, np.array(q_start), np.array(c_start), ex,
-                   np.array(positive, dtype=np.int64))
+        return cls(pairs, [corpus.items[i].pairs[lang].query for i, lang in pairs], q_start, ex,
+                   np.array(positive, dtype=np.int64), cands)
+
+
+def mined_languages(corpus: Corpus, languages: tuple[str, ...] | None, source: str) -> list[str]:
+    """The pool languages to mine for: ``--languages`` (each checked), else every language
+    that has both pairs and a candidate pool."""
+    if not corpus.items:
+        raise InputError(source, "has no training pairs (query and positive) to mine negatives for")
+    have = sorted({lang for item in corpus.items for lang in item.pairs} & set(corpus.retrieval.candidates))
+    if not languages:
+        return have
+    for lang in languages:
+        check_language(lang, "--languages")
+        if lang not in have:
+            raise InputError("--languages", f"no '{lang}' pairs in {source} (it has: {', '.join(have)})")
+    return sorted(set(languages))
 
 
 # --- encoding -------------------------------------------------------------------------
@@ -169,11 +167,11 @@ def global_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
 
 
 def encode_shard(model, tokenizer, texts: list[str], prefix: str, max_length: int, batch_size: int, path: Path,
-                 desc: str | None) -> tuple[np.ndarray, np.memmap]:
-    """This rank's share of ``texts`` (global batches ``rank, rank + world, ...``): the
-    ascending global ids it encoded and their embeddings, row for row, in a ``.npy`` map."""
-    rank, size = world()
-    mine = global_batches(texts, batch_size)[rank::size]
+                 env: DistEnv, desc: str | None) -> tuple[np.ndarray, np.memmap]:
+    """This rank's share of ``texts`` (global batches ``rank, rank + world, ...`` of
+    ``env``): the ascending global ids it encoded and their embeddings, row for row, in a
+    ``.npy`` map."""
+    mine = global_batches(texts, batch_size)[env.rank::env.world_size]
     own = np.sort(np.concatenate(mine)) if mine else np.zeros(0, dtype=np.int64)
     dim = model.encoder.config.hidden_size
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(own), dim))
@@ -184,15 +182,15 @@ def encode_shard(model, tokenizer, texts: list[str], prefix: str, max_length: in
     return own, out
 
 
-def share_rows(own: np.ndarray, rows: np.ndarray, n: int, path: Path) -> np.memmap:
-    """All ``n`` rows on every rank, in a ``.npy`` map at ``path``, from each rank's
-    ``rows`` (global ids ``own``): exchanged in rounds of :data:`EXCHANGE_ROWS` per rank,
-    so no rank ever holds more than a round of other ranks' rows in memory."""
+def share_rows(own: np.ndarray, rows: np.ndarray, n: int, path: Path, env: DistEnv) -> np.memmap:
+    """All ``n`` rows on every rank of ``env``, in a ``.npy`` map at ``path``, from each
+    rank's ``rows`` (global ids ``own``): exchanged in rounds of :data:`EXCHANGE_ROWS` per
+    rank, so no rank ever holds more than a round of other ranks' rows in memory."""
     full = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, rows.shape[1]))
-    rounds = max(-(-c // EXCHANGE_ROWS) for c in gather_objects(len(own)))
+    rounds = max(-(-c // EXCHANGE_ROWS) for c in gather_objects(len(own), env))
     for r in range(rounds):
         s = slice(r * EXCHANGE_ROWS, (r + 1) * EXCHANGE_ROWS)
-        for ids, emb in gather_objects((own[s], np.asarray(rows[s]))):
+        for ids, emb in gather_objects((own[s], np.asarray(rows[s])), env):
             full[ids] = emb
     full.flush()
     return full
@@ -340,12 +338,13 @@ class MineArgs:
     search: Search = field(default_factory=Search)
 
 
-def run_mine(a: MineArgs) -> dict:
-    """Load, encode (sharded), search, choose and write; returns mine.json's content (on
-    every rank; rank 0 wrote it and the training data)."""
+def run_mine(a: MineArgs) -> tuple[dict, DistEnv]:
+    """Load, encode (sharded), search, choose and write, on every rank of the job that
+    started this process (its process group is started here, after the cheap checks);
+    returns mine.json's content (on every rank; rank 0 wrote it and the training data)
+    and the job's env (so the caller prints once)."""
     from hbt import dist as hdist
-    from hbt.data import load_corpus, split_corpus
-    from hbt.data.table import is_table_source, main_first, table_corpus
+    from hbt.data.table import is_table_source
     from hbt.eval.standalone import load_encoder, text_spec
 
     s = a.settings
@@ -357,63 +356,86 @@ def run_mine(a: MineArgs) -> dict:
     if a.columns and not is_table_source(a.data):
         raise InputError("--columns", "a column mapping applies to Parquet/JSONL shards and saved datasets only")
     env = hdist.init()
-    if is_table_source(a.data):
-        corpus = main_first(lambda: table_corpus(a.data, a.cache_dir, a.columns), env.is_main, hdist.barrier)
-    else:
-        corpus = load_corpus(a.data)
-    if a.holdout_titles:
-        corpus, _ = split_corpus(corpus, a.holdout_titles, a.holdout_seed)
-    layout = Layout.of(corpus, s.languages, a.data)
+    corpus = mining_corpus(a, env)
+    layout = MineLayout.of(corpus, s.languages, a.data)
     spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     model, tokenizer = load_encoder(a.model, pooling, env)
     timings["load_s"] = time.perf_counter() - tick
-    rank, size = world()
-    show = env.is_main
-    work = a.out / ".mine-work" / f"rank-{rank}"
+    work = a.out / ".mine-work" / f"rank-{env.rank}"
     if env.is_main:
         a.out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        tick = time.perf_counter()
-        q_own, q_rows = encode_shard(model, tokenizer, layout.query_texts, spec.query_prefix, spec.max_query_length,
-                                     s.batch_size, work / "queries-own.npy", "encode queries" if show else None)
-        queries = share_rows(q_own, q_rows, len(layout.query_texts), work / "queries.npy")
-        del q_rows
-        timings["encode_queries_s"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        c_own, cands = encode_shard(model, tokenizer, layout.cand_texts, spec.passage_prefix, spec.max_passage_length,
-                                    s.batch_size, work / "candidates.npy", "encode candidates" if show else None)
-        timings["encode_candidates_s"] = time.perf_counter() - tick
+        queries, cands, c_own = encode_layout(model, tokenizer, layout, spec, s.batch_size, work, env, timings)
         del model
-        result = mine_embeddings(queries, cands, c_own, layout, s, a.search, show,
+        result = mine_embeddings(queries, cands, c_own, layout, s, env, a.search, env.is_main,
                                  writer=RowWriter(a, layout, corpus) if env.is_main else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     hdist.barrier()
     timings.update(result.pop("timings"))
     report = {
-        "model": a.model, "data": a.data, "corpus": corpus.name, "world_size": size,
-        "settings": {**asdict(s), "range": list(s.range), "languages": layout.langs, "format": a.format,
+        "model": a.model, "data": a.data, "corpus": corpus.name, "world_size": env.world_size,
+        "settings": {**asdict(s), "range": list(s.range), "languages": layout.candidates.langs, "format": a.format,
                      "query_prefix": spec.query_prefix, "passage_prefix": spec.passage_prefix, "pooling": pooling,
                      "max_query_length": spec.max_query_length, "max_passage_length": spec.max_passage_length,
                      "with_scores": a.with_scores, "holdout_titles": a.holdout_titles, "holdout_seed": a.holdout_seed},
-        "candidates": {lang: int(layout.c_start[i + 1] - layout.c_start[i]) for i, lang in enumerate(layout.langs)},
+        "candidates": {lang: int(n) for lang, n in zip(layout.candidates.langs, np.diff(layout.candidates.start))},
         **result, "timings": timings,
     }
     if env.is_main:
-        shutil.rmtree(a.out / ".mine-work", ignore_errors=True)
-        (a.out / "mine.json").write_text(json.dumps(report, indent=2) + "\n")
-        c = report["counts"]
-        if c["short"] or c["dropped_no_negatives"]:
-            print(f"hbt mine: {c['short']} of {c['pairs']} pairs got fewer than {s.k} negatives; "
-                  f"{c['dropped_no_negatives']} got none and were left out (see mine.json)", file=sys.stderr)
-    return report
+        write_report(a.out, report)
+    return report, env
+
+
+def mining_corpus(a: MineArgs, env: DistEnv) -> Corpus:
+    """The corpus to mine, without its held-out titles; shards are converted by rank 0
+    while the other ranks wait, then read by all."""
+    from hbt import dist as hdist
+    from hbt.data import load_corpus, split_corpus
+    from hbt.data.table import is_table_source, main_first, table_corpus
+
+    if is_table_source(a.data):
+        corpus = main_first(lambda: table_corpus(a.data, a.cache_dir, a.columns), env.is_main, hdist.barrier)
+    else:
+        corpus = load_corpus(a.data)
+    if a.holdout_titles:
+        corpus, _ = split_corpus(corpus, a.holdout_titles, a.holdout_seed)
+    return corpus
+
+
+def encode_layout(model, tokenizer, layout: MineLayout, spec, batch_size: int, work: Path, env: DistEnv,
+                  timings: dict[str, float]) -> tuple[np.memmap, np.memmap, np.ndarray]:
+    """Every query's embedding (shared by all ranks) and this rank's candidates' with their
+    global ids, in ``.npy`` maps under ``work``; the seconds each took go into ``timings``."""
+    show = env.is_main
+    tick = time.perf_counter()
+    q_own, q_rows = encode_shard(model, tokenizer, layout.query_texts, spec.query_prefix, spec.max_query_length,
+                                 batch_size, work / "queries-own.npy", env, "encode queries" if show else None)
+    queries = share_rows(q_own, q_rows, len(layout.query_texts), work / "queries.npy", env)
+    del q_rows
+    timings["encode_queries_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    c_own, cands = encode_shard(model, tokenizer, layout.candidates.texts, spec.passage_prefix, spec.max_passage_length,
+                                batch_size, work / "candidates.npy", env, "encode candidates" if show else None)
+    timings["encode_candidates_s"] = time.perf_counter() - tick
+    return queries, cands, c_own
+
+
+def write_report(out: Path, report: dict) -> None:
+    """Rank 0's end of a mining job: ``mine.json``, and a line when pairs came up short."""
+    shutil.rmtree(out / ".mine-work", ignore_errors=True)
+    (out / "mine.json").write_text(json.dumps(report, indent=2) + "\n")
+    c, k = report["counts"], report["settings"]["k"]
+    if c["short"] or c["dropped_no_negatives"]:
+        print(f"hbt mine: {c['short']} of {c['pairs']} pairs got fewer than {k} negatives; "
+              f"{c['dropped_no_negatives']} got none and were left out (see mine.json)", file=sys.stderr)
 
 
 class RowWriter:
     """What rank 0 does with each pair's chosen negatives: one output row."""
 
-    def __init__(self, a: MineArgs, layout: Layout, corpus: Corpus):
+    def __init__(self, a: MineArgs, layout: MineLayout, corpus: Corpus):
         self.writer, self.layout, self.corpus, self.with_scores = Writer(a.out, a.format), layout, corpus, a.with_scores
 
     def __call__(self, q: int, neg_ids: list[int], neg_scores: list[float], neg_ranks: list[int], pos_score: float) -> None:
@@ -421,7 +443,7 @@ class RowWriter:
         item = self.corpus.items[item_index]
         pair = item.pairs[lang]
         row = {"id": item.id, "lang": lang, "query": pair.query, "positive": pair.passage,
-               "negatives": [self.layout.cand_texts[c] for c in neg_ids], "title": item.title}
+               "negatives": [self.layout.candidates.texts[c] for c in neg_ids], "title": item.title}
         if self.with_scores:
             row.update(positive_score=pos_score, negative_scores=neg_scores, negative_ranks=neg_ranks)
         self.writer.write(row)
@@ -430,64 +452,77 @@ class RowWriter:
         return self.writer.close()
 
 
-def mine_embeddings(queries: np.ndarray, cands: np.ndarray, cand_ids: np.ndarray, layout: Layout, s: MineSettings,
-                    search: Search = Search(), show: bool = False, writer=None) -> dict:
-    """Search and choose from embeddings alone (a benchmark calls this with random ones):
-    ``queries`` every query's embedding (layout order), ``cands`` this rank's candidates,
-    whose global ids are ``cand_ids`` (ascending). ``writer(query, ids, scores, ranks,
-    positive score)`` is called on rank 0 for every pair that gets a negative, in layout
-    order. Returns the counts, the output files and timings."""
-    rank, _ = world()
+def mine_embeddings(queries: np.ndarray, cands: np.ndarray, cand_ids: np.ndarray, layout: MineLayout, s: MineSettings,
+                    env: DistEnv, search: Search = Search(), show: bool = False, writer=None) -> dict:
+    """Search and choose from embeddings alone (a benchmark calls this with random ones),
+    on every rank of ``env``: ``queries`` every query's embedding (layout order), ``cands``
+    this rank's candidates, whose global ids are ``cand_ids`` (ascending). ``writer(query,
+    ids, scores, ranks, positive score)`` is called on rank 0 for every pair that gets a
+    negative, in layout order. Returns the counts, the output files and timings."""
     counts = Counts()
     timings = {"search_s": 0.0, "choose_write_s": 0.0}
-    a, b = s.range
-    for li, lang in enumerate(layout.langs):
-        q0, q1 = int(layout.q_start[li]), int(layout.q_start[li + 1])
-        c0, c1 = int(layout.c_start[li]), int(layout.c_start[li + 1])
-        excluded = layout.excluded[q0:q1]
-        e_max = int((excluded >= 0).sum(1).max()) if q1 > q0 else 0
-        depth = min(b + s.k + e_max, c1 - c0)  # the range, then room for k below it past every excluded one
-        s0, s1 = np.searchsorted(cand_ids, [c0, c1])
-        local, local_ids = cands[s0:s1], cand_ids[s0:s1]
-        rng = np.random.default_rng([s.seed, li])
-        indexes: list = []
-        pos_local = np.searchsorted(local_ids, layout.positive[q0:q1])
-        held = (pos_local < len(local_ids)) & (local_ids[np.minimum(pos_local, max(len(local_ids) - 1, 0))] == layout.positive[q0:q1]) \
-            if len(local_ids) else np.zeros(q1 - q0, dtype=bool)
-        pos_local = np.where(held, pos_local, -1)
-        def ranked(qb: np.ndarray, pos_rows: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            """The merged top ``d`` of every rank (ids, float64 scores) and the positives' scores."""
-            lists = search_language(qb, local, local_ids, d, s.index, search, indexes)
-            pos = relevant_scores(qb, local, 0, pos_rows[:, None])[:, 0]
-            parts = gather_objects((lists, pos))
-            scores, ids = merge_topk([p[0] for p in parts], d)
-            return ids, scores, np.sum([p[1] for p in parts], axis=0)
-
-        for lo in tqdm(range(q0, q1, search.queries), desc=f"mine {lang}", disable=not show, leave=False):
-            hi = min(lo + search.queries, q1)
-            tick = time.perf_counter()
-            qb, pos_rows, ex = np.ascontiguousarray(queries[lo:hi]), pos_local[lo - q0:hi - q0], excluded[lo - q0:hi - q0]
-            ids, scores, pos_score = ranked(qb, pos_rows, depth)
-            chosen, c = choose(ids, scores, ex, pos_score, s, rng)
-            rows = [(ids[r], scores[r], chosen[r]) for r in range(hi - lo)]
-            # Pairs still short of k (the ratio filter dropped much, or many excluded): deeper, 4x at a time.
-            short, d = np.flatnonzero((chosen >= 0).sum(1) < s.k), depth
-            while len(short) and d < c1 - c0:
-                d = min(4 * d, c1 - c0)
-                ids2, scores2, _ = ranked(np.ascontiguousarray(qb[short]), pos_rows[short], d)
-                chosen2, _ = choose(ids2, scores2, ex[short], pos_score[short], s, np.random.default_rng([s.seed, li, lo, d]))
-                for j, r in enumerate(short):
-                    rows[r] = (ids2[j], scores2[j], chosen2[j])
-                short = short[(chosen2 >= 0).sum(1) < s.k]
-            timings["search_s"] += time.perf_counter() - tick
+    for li, lang in enumerate(layout.candidates.langs):
+        blocks = language_blocks(queries, cands, cand_ids, layout, s, li, env, search, timings)
+        n_blocks = -(-int(layout.q_start[li + 1] - layout.q_start[li]) // search.queries)
+        for lo, rows, pos_score, c in tqdm(blocks, desc=f"mine {lang}", total=n_blocks, disable=not show, leave=False):
             tick = time.perf_counter()
             c.add(tally([cols for _, _, cols in rows], s))
             counts.add(c)
-            if rank == 0 and writer is not None:
+            if env.is_main and writer is not None:
                 for r, (row_ids, row_scores, cols) in enumerate(rows):
                     cols = cols[cols >= 0]
                     if len(cols):
                         writer(lo + r, row_ids[cols].tolist(), row_scores[cols].tolist(), cols.tolist(), float(pos_score[r]))
             timings["choose_write_s"] += time.perf_counter() - tick
-    files = writer.close() if rank == 0 and hasattr(writer, "close") else []
+    files = writer.close() if env.is_main and hasattr(writer, "close") else []
     return {"counts": asdict(counts), "files": files, "timings": timings}
+
+
+def language_blocks(queries: np.ndarray, cands: np.ndarray, cand_ids: np.ndarray, layout: MineLayout, s: MineSettings,
+                    li: int, env: DistEnv, search: Search,
+                    timings: dict[str, float]) -> Iterator[tuple[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]], np.ndarray, Counts]]:
+    """Language ``li``'s queries, :attr:`Search.queries` at a time: per block, its first
+    query, per query (ranking ids, float64 scores, chosen columns), the positives' scores
+    and the block's counts. Every rank searches its own candidates and the rankings are
+    merged (collectives: every rank walks the same blocks); the seconds go into ``timings``."""
+    _, b = s.range
+    q0, q1 = int(layout.q_start[li]), int(layout.q_start[li + 1])
+    c0, c1 = int(layout.candidates.start[li]), int(layout.candidates.start[li + 1])
+    excluded = layout.excluded[q0:q1]
+    e_max = int((excluded >= 0).sum(1).max()) if q1 > q0 else 0
+    depth = min(b + s.k + e_max, c1 - c0)  # the range, then room for k below it past every excluded one
+    s0, s1 = np.searchsorted(cand_ids, [c0, c1])
+    local, local_ids = cands[s0:s1], cand_ids[s0:s1]
+    rng = np.random.default_rng([s.seed, li])
+    indexes: list = []
+    pos_local = np.searchsorted(local_ids, layout.positive[q0:q1])
+    held = (pos_local < len(local_ids)) & (local_ids[np.minimum(pos_local, max(len(local_ids) - 1, 0))] == layout.positive[q0:q1]) \
+        if len(local_ids) else np.zeros(q1 - q0, dtype=bool)
+    pos_local = np.where(held, pos_local, -1)
+
+    def ranked(qb: np.ndarray, pos_rows: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The merged top ``d`` of every rank (ids, float64 scores) and the positives' scores."""
+        lists = search_language(qb, local, local_ids, d, s.index, search, indexes)
+        pos = relevant_scores(qb, local, 0, pos_rows[:, None])[:, 0]
+        parts = gather_objects((lists, pos), env)
+        scores, ids = merge_topk([p[0] for p in parts], d)
+        return ids, scores, np.sum([p[1] for p in parts], axis=0)
+
+    for lo in range(q0, q1, search.queries):
+        hi = min(lo + search.queries, q1)
+        tick = time.perf_counter()
+        qb, pos_rows, ex = np.ascontiguousarray(queries[lo:hi]), pos_local[lo - q0:hi - q0], excluded[lo - q0:hi - q0]
+        ids, scores, pos_score = ranked(qb, pos_rows, depth)
+        chosen, c = choose(ids, scores, ex, pos_score, s, rng)
+        rows = [(ids[r], scores[r], chosen[r]) for r in range(hi - lo)]
+        # Pairs still short of k (the ratio filter dropped much, or many excluded): deeper, 4x at a time.
+        short, d = np.flatnonzero((chosen >= 0).sum(1) < s.k), depth
+        while len(short) and d < c1 - c0:
+            d = min(4 * d, c1 - c0)
+            ids2, scores2, _ = ranked(np.ascontiguousarray(qb[short]), pos_rows[short], d)
+            chosen2, _ = choose(ids2, scores2, ex[short], pos_score[short], s, np.random.default_rng([s.seed, li, lo, d]))
+            for j, r in enumerate(short):
+                rows[r] = (ids2[j], scores2[j], chosen2[j])
+            short = short[(chosen2 >= 0).sum(1) < s.k]
+        timings["search_s"] += time.perf_counter() - tick
+        yield lo, rows, pos_score, c

@@ -119,7 +119,7 @@ class TrainJob:
 
         from hbt import signals
         from hbt.config import load_config
-        from hbt.train import train
+        from hbt.train import start, train
 
         job = submitit.JobEnvironment()
         if job.num_tasks > 1:
@@ -128,7 +128,8 @@ class TrainJob:
         submitit_handler = signal.getsignal(requeue_signal)
         signals.install(extra=(requeue_signal,))
         try:
-            return str(train(load_config(config, overrides), resume="auto"))
+            cfg = load_config(config, overrides)
+            return str(train(cfg, start(cfg), resume="auto"))
         except signals.Preempted:
             signal.signal(requeue_signal, submitit_handler)
             if job.global_rank == 0:

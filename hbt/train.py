@@ -18,13 +18,13 @@ from hbt import signals
 from hbt.card import write_card
 from hbt.config import Config, save_config
 from hbt.data import RetrievalSet, load_corpus, split_corpus
-from hbt.data.tokenize import PairTokenizer, TextSpec, tokenizer_fingerprint
+from hbt.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from hbt.data.training import TrainingData, load_training_data
 from hbt.errors import InputError
 from hbt.model import BiEncoder, build_tiny, export, load_pretrained
 from hbt.monitor import rewind
-from hbt.padding import packable
-from hbt.sampler import HybridBatchSampler, LanguageIndex
+from hbt.resolve import per_rank_batch, precision, resolve
+from hbt.sampling import HybridBatchSampler, LanguageIndex
 
 
 TOKENIZER_SAMPLE = 200_000  # pairs the tiny preset's tokenizer is trained on, at most
@@ -98,7 +98,9 @@ def resume_tag(checkpointer, resume: str, run_dir: Path) -> str | None:
 
 def check_fingerprint(checkpoint: Path, current: dict, accept_changes: bool) -> None:
     """Refuse to resume a run whose data, tokenizer, model, shaping config or world size
-    changed since ``checkpoint`` was written, unless the user says they mean it."""
+    changed since ``checkpoint`` was written, unless the user says they mean it. A
+    checkpoint that recorded ``train.precision`` as ``auto`` (before hbt resolved it) is
+    taken to have run as auto runs here (:func:`hbt.fingerprint.differences`)."""
     saved = run_fingerprint.read(checkpoint)
     if saved is None:
         print(f"hbt: warning: {checkpoint} has no fingerprint (written by an older hbt); resuming unchecked", file=sys.stderr)
@@ -107,7 +109,7 @@ def check_fingerprint(checkpoint: Path, current: dict, accept_changes: bool) -> 
         raise InputError("--resume", f"{checkpoint} was written by {saved['world_size']} rank(s), this run has "
                                      f"{current['world_size']}: resuming at another world size is not supported "
                                      "(ZeRO partitions and per-rank RNG streams belong to it); start a new run.dir")
-    changed = run_fingerprint.differences(saved, current)
+    changed = run_fingerprint.differences(saved, current, auto_precision=precision("auto"))
     if changed and not accept_changes:
         raise InputError("--resume", f"{checkpoint} was written with other inputs; changed: {'; '.join(changed)} "
                                      "(resume anyway with --accept-changes, or start a new run.dir)")
@@ -125,16 +127,27 @@ def record_start(cfg: Config, run_dir: Path, env: hdist.DistEnv, tag: str | None
     save_config(cfg, run_dir / "config.yaml")
 
 
-def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Path:
-    signals.install()  # first: a pre-emption during the slow start-up must still requeue
+def start(cfg: Config) -> hdist.DistEnv:
+    """This process's place in the job, before anything slow: stop signals caught (a
+    pre-emption during start-up must still requeue), DeepSpeed's CPU accelerator where
+    there is no GPU, the process group started (every collective bounded by
+    ``run.dist_timeout_min``), the node's CPU cores shared between its ranks."""
+    signals.install()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     env = hdist.init(timeout_min=cfg.run.dist_timeout_min)
     _set_threads(env.world_size)
+    return env
+
+
+def train(cfg: Config, env: hdist.DistEnv, resume: str = "auto", accept_changes: bool = False) -> Path:
+    """Train, evaluate and export the run ``cfg`` describes, on this rank of ``env``
+    (from :func:`start`); returns the run directory."""
     run_dir = Path(cfg.run.dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        launch = {"launcher": env.launcher, "world_size": env.world_size, "per_rank_batch": cfg.train.batch_size // env.world_size}
+        launch = {"launcher": env.launcher, "world_size": env.world_size,
+                  "per_rank_batch": per_rank_batch(cfg.train.batch_size, env.world_size)}
         (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
 
     data = training_data(cfg, env)
@@ -143,21 +156,19 @@ def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Pa
         raise InputError("train.hard_negatives", f"{data.missing_negatives():,} training pairs have no hard negatives")
     _stop_if_signalled()
     encoder, tokenizer = build_model(cfg, data, run_dir, env)
-    m = cfg.model
-    spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
-    shaping = cfg.to_dict()
-    # What runs, not "auto": a run keeps its padding remedy on resume, and one moved between
-    # a CPU and a GPU is refused (its chunks, packing and dropout masks change).
-    shaping["train"]["chunk_tokens"] = cfg.train.padding(gpu=torch.cuda.is_available(), packable=packable(encoder))
-    fp = run_fingerprint.fingerprint(shaping, data.fingerprint, tokenizer_fingerprint(tokenizer),
-                                     run_fingerprint.model_digest(encoder), env.world_size)
     sampler = sampler_for(cfg, data, env.world_size, env.rank)
+    resolved = resolve(cfg, env, encoder, sampler)
+    # What runs, not "auto": a run keeps its padding remedy and precision on resume, and one
+    # moved between a CPU and a GPU under chunk_tokens=auto is refused (its chunks, packing
+    # and dropout masks change).
+    fp = run_fingerprint.fingerprint(resolved.config_as_run(cfg), data.fingerprint, tokenizer_fingerprint(tokenizer),
+                                     run_fingerprint.model_digest(encoder), env.world_size)
     from hbt.engine import Engine  # imports deepspeed: after the cheap checks above
 
     torch.manual_seed(cfg.run.seed + env.rank)  # dropout: independent masks per rank, fixed by the seed
 
-    engine = Engine(cfg, env, BiEncoder(encoder, m.pooling), data, PairTokenizer(tokenizer, spec, cfg.train.hard_negatives),
-                    sampler, run_dir, fingerprint=fp)
+    engine = Engine(cfg, env, resolved, BiEncoder(encoder, cfg.model.pooling), data,
+                    PairTokenizer(tokenizer, resolved.text, cfg.train.hard_negatives), sampler, run_dir, fingerprint=fp)
     tag = resume_tag(engine.checkpointer, resume, run_dir)
     if tag:
         check_fingerprint(engine.checkpointer.root / tag, fp, accept_changes)
@@ -170,11 +181,11 @@ def train(cfg: Config, resume: str = "auto", accept_changes: bool = False) -> Pa
     _stop_if_signalled()
     evaluator = None
     if eval_set is not None:
-        evaluator = lambda label: evaluate_engine(engine, tokenizer, eval_set, spec, run_dir / "eval" / label, env)  # noqa: E731
+        evaluator = lambda label: evaluate_engine(engine, tokenizer, eval_set, run_dir / "eval" / label)  # noqa: E731
     elif env.is_main:
         print("no evaluation data (set eval.data or data.holdout_titles): training only", file=sys.stderr)
     engine.fit(evaluator)
-    export_model(engine, tokenizer, run_dir / "model", env)
+    export_model(engine, tokenizer, run_dir / "model")
     if env.is_main:
         write_card(run_dir / "model", cfg, data.languages, engine.state.step, last_evaluation(run_dir))
     return run_dir
@@ -190,30 +201,33 @@ def _zero3(engine) -> bool:
     return engine.ds_config["zero_optimization"].get("stage", 0) == 3
 
 
-def evaluate_engine(engine, tokenizer, rs, spec: TextSpec, out: Path, env: hdist.DistEnv) -> dict:
-    """Evaluate the model being trained on every rank; rank 0 writes the outputs. Under
-    ZeRO-3 the shards are gathered first, since ranks encode different numbers of batches."""
+def evaluate_engine(engine, tokenizer, rs: RetrievalSet, out: Path) -> dict:
+    """Evaluate the model being trained on every rank of the engine's job, encoding its
+    texts as it trains on them; rank 0 writes the outputs. Under ZeRO-3 the shards are
+    gathered first, since ranks encode different numbers of batches."""
     import deepspeed
 
     from hbt.eval.report import write_outputs
     from hbt.eval.run import evaluate
 
-    e = engine.cfg.eval
+    e, env = engine.cfg.eval, engine.env
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=_zero3(engine)):
-        results = evaluate(engine.module, tokenizer, rs, spec, e.setting_list(), e.k, e.index, e.batch_size, env.is_main)
+        results = evaluate(engine.module, tokenizer, rs, engine.resolved.text, env, e.setting_list(), e.k, e.index,
+                           e.batch_size, env.is_main)
     if env.is_main:
         write_outputs(results, out, f"{Path(engine.cfg.run.dir).name} {out.name}")
     return results["summary"]
 
 
-def export_model(engine, tokenizer, out: Path, env: hdist.DistEnv) -> None:
-    """Write the trained model (gathering ZeRO-3 shards first) as an HF/ST directory."""
+def export_model(engine, tokenizer, out: Path) -> None:
+    """Write the trained model (gathering ZeRO-3 shards first) as an HF/ST directory, with
+    the prefixes and lengths it was trained with."""
     import deepspeed
 
     module: BiEncoder = engine.module
-    m = engine.cfg.model
+    text = engine.resolved.text
     params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=_zero3(engine)):
-        if env.is_main:
-            export(module, tokenizer, out, m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
+        if engine.env.is_main:
+            export(module, tokenizer, out, text.query_prefix, text.passage_prefix, text.max_query_length, text.max_passage_length)
     hdist.barrier()

@@ -1,11 +1,12 @@
 """One rank of the configuration matrix (tests/test_matrix.py), started by torchrun.
 
 For every case in the spec it builds the real training stack (config, tokenised corpus,
-rank-aware sampler, DeepSpeed engine) and runs ``Engine.fit`` for ``train.max_steps``
-optimizer steps. :class:`GradientProbe` only watches: at the end of the first optimizer
-step's last micro-step (after every backward, before ``engine.step()``) it reads the full
-gradient of every parameter through DeepSpeed's ``safe_get_full_grad``, which assembles
-ZeRO 1-3 partitions. Rank 0 saves, per case, those gradients and the per-step losses.
+rank-aware sampler, resolved settings, DeepSpeed engine) and runs ``Engine.fit`` for
+``train.max_steps`` optimizer steps. Its ``on_gradients`` probe only watches: once the
+first optimizer step's gradients are complete (after every backward, before the optimizer
+step) it reads the full gradient of every parameter through DeepSpeed's
+``safe_get_full_grad``, which assembles ZeRO 1-3 partitions. Rank 0 saves, per case,
+those gradients and the per-step losses.
 
 Usage: ``torchrun --nproc_per_node N tests/matrix_worker.py SPEC.json OUT.pt``
 """
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,24 +30,17 @@ def main(spec_path: str, out_path: str) -> None:
 
     from hbt import dist as hdist
     from hbt.config import load_config
-    from hbt.data.tokenize import PairTokenizer, TextSpec
+    from hbt.data.tokenize import PairTokenizer
     from hbt.engine import Engine
     from hbt.model import BiEncoder, load_pretrained
+    from hbt.resolve import resolve
     from hbt.train import sampler_for, training_data
-
-    class GradientProbe(Engine):
-        """The engine, unchanged, plus a record of the first optimizer step's gradients."""
-
-        grads: dict[str, torch.Tensor] | None = None
-
-        def _micro_step(self, batch: dict) -> torch.Tensor:
-            loss = super()._micro_step(batch)
-            if self.grads is None and (self.state.micro + 1) % self.cfg.train.grad_accum == 0:
-                self.grads = {name: safe_get_full_grad(p).detach().float().cpu().clone()
-                              for name, p in self.module.named_parameters()}
-            return loss
-
     from hbt import padding
+
+    def record_first(grads: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+        """The first optimizer step's full gradients (every rank takes part: ZeRO-3 gathers)."""
+        if not grads:
+            grads.update({name: safe_get_full_grad(p).detach().float().cpu().clone() for name, p in module.named_parameters()})
 
     padding.ATTENTION_GROUP_TOKENS = 48  # several attention groups per packed side, as CHUNK_TOKENS gives several chunks
     spec = json.loads(Path(spec_path).read_text())
@@ -60,15 +55,16 @@ def main(spec_path: str, out_path: str) -> None:
             run_dir.mkdir(parents=True)
         m = cfg.model
         encoder, tokenizer = load_pretrained(m.name, m.dropout)
-        text_spec = TextSpec(m.query_prefix, m.passage_prefix, m.max_query_length, m.max_passage_length)
         data = training_data(cfg, env)
         sampler = sampler_for(cfg, data, env.world_size, env.rank)
-        engine = GradientProbe(cfg, env, BiEncoder(encoder, m.pooling), data,
-                               PairTokenizer(tokenizer, text_spec, cfg.train.hard_negatives), sampler, run_dir)
-        state = engine.fit(None)
+        resolved = resolve(cfg, env, encoder, sampler)
+        engine = Engine(cfg, env, resolved, BiEncoder(encoder, m.pooling), data,
+                        PairTokenizer(tokenizer, resolved.text, cfg.train.hard_negatives), sampler, run_dir)
+        grads: dict[str, torch.Tensor] = {}
+        state = engine.fit(None, on_gradients=partial(record_first, grads, engine.module))
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if env.is_main else []
         results[case["name"]] = {
-            "grads": engine.grads, "losses": [s["loss"] for s in steps], "lrs": [s["lr"] for s in steps], "steps": state.step,
+            "grads": grads or None, "losses": [s["loss"] for s in steps], "lrs": [s["lr"] for s in steps], "steps": state.step,
             "checkpoint": engine.checkpointer.latest(), "dtype": next(engine.module.parameters()).dtype, "seconds": time.perf_counter() - tick,
         }
         del engine

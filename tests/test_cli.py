@@ -51,7 +51,8 @@ def lareqa_with_shared_answers(root: Path, paragraphs: int = 16) -> Path:
 @pytest.mark.parametrize("alpha", ["0", "0.5", "1"])
 def test_data_plan_writes_every_batch_with_item_ids(tmp_path: Path, alpha: str) -> None:
     from hbt.data import load_corpus
-    from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig
+    from hbt.sampling import HybridBatchSampler, SamplerConfig
+    from tests.helpers import index_of_corpus
 
     data = lareqa_with_shared_answers(tmp_path)
     out = tmp_path / "plan.jsonl"
@@ -59,7 +60,7 @@ def test_data_plan_writes_every_batch_with_item_ids(tmp_path: Path, alpha: str) 
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     corpus = load_corpus(str(data))
-    sampler = HybridBatchSampler(LanguageIndex.from_corpus(corpus), SamplerConfig(batch_size=8, alpha=float(alpha), seed=3))
+    sampler = HybridBatchSampler(index_of_corpus(corpus), SamplerConfig(batch_size=8, alpha=float(alpha), seed=3))
     expected = [{"epoch": e, "index": i, "kind": b.kind, "pairs": [[corpus.items[n].id, q, p] for n, q, p in b.pairs]}
                 for e in range(2) for i, b in enumerate(sampler.plan(e))]
     assert lines == expected and len(lines) == 2 * (48 // 8)  # every batch, with the question ids

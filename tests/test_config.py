@@ -1,14 +1,21 @@
-"""Config loading (extends, overrides, validation) and launcher environment detection."""
+"""Config loading (extends, overrides, validation), what auto keys resolve to, the sampler's
+keys defined once, and launcher environment detection."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
+import torch
 
-from hbt.config import load_config
+from hbt.cli import build_parser
+from hbt.config import SAMPLER_KEYS, TrainConfig, load_config, sampler_keys
 from hbt.dist import detect, first_host
 from hbt.errors import InputError
+from hbt.resolve import padding, precision
+from hbt.sampling import SamplerConfig
 from tests.conftest import ROOT
 
 
@@ -36,17 +43,42 @@ def test_chunk_tokens_auto_packs_or_chunks_on_a_cpu_and_not_on_a_gpu() -> None:
     """The measured defaults (BENCHMARKS §1): packed on a CPU where the encoder allows it,
     else 512-token chunks; one padded pass on a GPU. A number, packed or null is kept on
     both, and packed for an encoder that cannot pack is refused, naming the key."""
-    auto = load_config(None, []).train
-    assert auto.chunk_tokens == "auto" and auto.padding(gpu=True, packable=True) is None
-    assert auto.padding(gpu=False, packable=True) == "packed" and auto.padding(gpu=False, packable=False) == 512
+    auto = load_config(None, []).train.chunk_tokens
+    assert auto == "auto" and padding(auto, gpu=True, packs=True) is None
+    assert padding(auto, gpu=False, packs=True) == "packed" and padding(auto, gpu=False, packs=False) == 512
     for value, budget in (("256", 256), ("null", None), ("packed", "packed")):
-        train = load_config(None, [f"train.chunk_tokens={value}"]).train
-        assert train.padding(gpu=False, packable=True) == train.padding(gpu=True, packable=True) == budget
+        given = load_config(None, [f"train.chunk_tokens={value}"]).train.chunk_tokens
+        assert padding(given, gpu=False, packs=True) == padding(given, gpu=True, packs=True) == budget
     with pytest.raises(InputError) as e:
-        load_config(None, ["train.chunk_tokens=packed"]).train.padding(gpu=False, packable=False)
+        padding(load_config(None, ["train.chunk_tokens=packed"]).train.chunk_tokens, gpu=False, packs=False)
     assert e.value.where == "train.chunk_tokens"
     with pytest.raises(InputError, match="'auto'"):
         load_config(None, ["train.chunk_tokens=big"])
+
+
+def test_precision_auto_resolves_to_what_the_device_supports() -> None:
+    """fp32 and bf16 are kept; auto is bf16 only on a GPU with bf16 (fp32 on this CPU machine)."""
+    assert precision("fp32") == "fp32" and precision("bf16") == "bf16"
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert precision("auto") == ("bf16" if gpu_bf16 else "fp32")
+
+
+def test_sampler_keys_are_the_sampler_config_fields() -> None:
+    """The train section's sampler keys are SamplerConfig's fields (but seed, which is
+    run.seed), with its types and defaults; TrainConfig.sampler() hands every one over,
+    and the contrastive batch defaults to 64 in a config and on the command line."""
+    hints, train_hints = typing.get_type_hints(SamplerConfig), typing.get_type_hints(TrainConfig)
+    fields = [f for f in dataclasses.fields(SamplerConfig) if f.name != "seed"]
+    assert SAMPLER_KEYS == tuple(f.name for f in fields) == tuple(f.name for f in dataclasses.fields(TrainConfig))[:len(fields)]
+    assert all(train_hints[f.name] == hints[f.name] for f in fields)
+    assert all(getattr(TrainConfig(), f.name) == f.default for f in fields if f.name != "batch_size")
+    cfg = load_config(None, ["train.alpha=0.25", "train.mix=bernoulli", "train.remainder=carry", "run.seed=7"])
+    assert cfg.train.sampler(cfg.run.seed) == SamplerConfig(batch_size=64, alpha=0.25, mix="bernoulli", remainder="carry", seed=7)
+    keys = sampler_keys()
+    assert set(keys) == {f.name for f in dataclasses.fields(SamplerConfig)} and keys["seed"] == ("run.seed", 0)
+    assert keys["batch_size"] == ("train.batch_size", 64)
+    args = build_parser().parse_args(["data", "sample", "synthetic"])
+    assert {name: getattr(args, name) for name in keys} == {name: default for name, (_, default) in keys.items()}
 
 
 @pytest.mark.parametrize("override,where", [

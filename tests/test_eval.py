@@ -20,11 +20,12 @@ from ir_measures import AP, RR, R, nDCG
 from hbt.data import load_corpus
 from hbt.data.corpus import RetrievalSet
 from hbt.data.tokenize import TextSpec
+from hbt.dist import detect
 from hbt.errors import InputError
 from hbt.eval.bias import language_bias
 from hbt.eval.encode import encode, shard_bounds
 from hbt.eval.metrics import metrics_from_ranks
-from hbt.eval.run import Layout, evaluate
+from hbt.eval.run import EvalLayout, evaluate
 from hbt.eval.search import Block, distributed_topk, exact_counts, relevant_scores, spans
 from hbt.model import BiEncoder, build_tiny
 
@@ -45,13 +46,14 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    env = detect({"RANK": str(rank), "WORLD_SIZE": str(world)})
     model, tokenizer, rs = model_and_tokenizer()
-    result = evaluate(model, tokenizer, rs, SPEC, k=10, progress=False)
+    result = evaluate(model, tokenizer, rs, SPEC, env, k=10, progress=False)
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((1001, 16)).astype(np.float32)
     queries = rng.standard_normal((37, 16)).astype(np.float32)
     a, b = shard_bounds(len(vectors), rank, world)
-    topk = distributed_topk(queries, vectors[a:b], np.arange(a, b), 25)
+    topk = distributed_topk(queries, vectors[a:b], np.arange(a, b), 25, env)
     if rank == 0:
         torch.save({"result": result, "topk": topk}, out)
     if world > 1:
@@ -82,17 +84,19 @@ def test_shards_cover_every_index_once() -> None:
 
 def brute_force(model, tokenizer, rs: RetrievalSet):
     """Full rankings of every setting by a plain dense matrix: the independent reference."""
-    layout = Layout.of(rs, SPEC)
-    q = encode(model, tokenizer, layout.query_texts, SPEC.max_query_length).astype(np.float64)
-    c = encode(model, tokenizer, layout.cand_texts, SPEC.max_passage_length).astype(np.float64)
+    layout = EvalLayout.of(rs)
+    q_texts = [SPEC.query_prefix + t for t in layout.query_texts]
+    c_texts = [SPEC.passage_prefix + t for t in layout.candidates.texts]
+    q = encode(model, tokenizer, q_texts, SPEC.max_query_length).astype(np.float64)
+    c = encode(model, tokenizer, c_texts, SPEC.max_passage_length).astype(np.float64)
     return layout, q @ c.T
 
 
-def ir_measures_metrics(layout: Layout, scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> dict:
+def ir_measures_metrics(layout: EvalLayout, scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> dict:
     qrels, run = {}, {}
     col_set = set(cols.tolist())
     for row in rows:
-        rel = [int(c) for c in layout.relevant[row] if c >= 0 and int(c) in col_set]
+        rel = [int(c) for c in layout.candidates.relevant[row] if c >= 0 and int(c) in col_set]
         if not rel:
             continue
         qid = f"q{row}"
@@ -112,15 +116,15 @@ def test_metrics_match_ir_measures(single: dict) -> None:
     checked = 0
     for x, xname in enumerate(layout.query_langs):
         rows = np.flatnonzero(layout.query_lang == x)
-        for y, yname in enumerate(layout.cand_langs):
+        for y, yname in enumerate(layout.candidates.langs):
             setting, key = ("mono", xname) if x == y else ("cross", f"{xname}-{yname}")
-            ref = ir_measures_metrics(layout, scores, rows, np.flatnonzero(layout.cand_lang == y))
+            ref = ir_measures_metrics(layout, scores, rows, np.flatnonzero(layout.candidates.lang == y))
             ours = result[setting][key]
             assert ours["queries"] == ref["queries"]
             for name, value in ref.items():
                 assert abs(ours[name] - value) < 1e-6, (setting, key, name, ours[name], value)
             checked += 1
-        ref = ir_measures_metrics(layout, scores, rows, np.arange(len(layout.cand_texts)))
+        ref = ir_measures_metrics(layout, scores, rows, np.arange(len(layout.candidates.texts)))
         for name, value in ref.items():
             assert abs(result["multi"][xname][name] - value) < 1e-6, ("multi", xname, name)
     assert checked == 9
@@ -185,7 +189,7 @@ def test_empty_language_is_an_input_error() -> None:
     rs = load_corpus(CORPUS).retrieval
     rs.queries["ru"] = []
     with pytest.raises(InputError, match="language 'ru': has no queries"):
-        Layout.of(rs, SPEC)
+        EvalLayout.of(rs)
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
@@ -278,7 +282,7 @@ def test_spans_are_near_equal_and_cover_every_index_once() -> None:
 
 def test_tiny_blocks_give_exactly_the_default_results(single: dict) -> None:
     model, tokenizer, rs = model_and_tokenizer()  # encoded as in ``single`` (same process, same threads)
-    got = evaluate(model, tokenizer, rs, SPEC, k=10, progress=False, block=Block(queries=3, candidates=5))
+    got = evaluate(model, tokenizer, rs, SPEC, detect({}), k=10, progress=False, block=Block(queries=3, candidates=5))
     ref = single["result"]
     for key in ("mono", "cross", "multi", "bias", "summary"):
         assert got[key] == ref[key]  # exact: ranks are integers, metrics their functions

@@ -62,7 +62,7 @@ def loss_and_grads(rank: int, world: int, symmetric: bool, negatives: bool, grad
     batch = shard(fake_batch(), rank, world)
     if not negatives:
         batch.pop("negatives")
-    loss_fn = ContrastiveLoss(temperature=0.05, symmetric=symmetric)
+    loss_fn = ContrastiveLoss(temperature=0.05, symmetric=symmetric, rank=rank, world_size=world)
     encode = lambda part: model(**part)  # noqa: E731
     with mock.patch.object(padding, "ATTENTION_GROUP_TOKENS", CHUNK_TOKENS) if packed else nullcontext():
         if grad_cache:
@@ -86,7 +86,7 @@ def _worker(rank: int, world: int, init: str, out: str, kwargs: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        result = many_steps(rank, **kwargs) if "steps" in kwargs else loss_and_grads(rank, world, **kwargs)
+        result = many_steps(rank, world, **kwargs) if "steps" in kwargs else loss_and_grads(rank, world, **kwargs)
         if rank == 0:
             torch.save(result, out)
     finally:
@@ -164,12 +164,12 @@ def test_chunks_and_packing_across_ranks_equal_single_process(grad_cache: int | 
     assert abs(loss - ref_loss) <= 1e-5 and max_diff(grads, ref_grads) <= 1e-5
 
 
-def many_steps(rank: int, steps: int) -> tuple[int, float]:
+def many_steps(rank: int, world: int, steps: int) -> tuple[int, float]:
     """``steps`` backward passes of the symmetric loss with hard negatives (three gathers
     in flight per backward) on small embeddings of varying batch size; the last loss."""
     torch.manual_seed(rank)
     proj = torch.nn.Linear(16, 8)
-    loss_fn = ContrastiveLoss(temperature=0.05, symmetric=True)
+    loss_fn = ContrastiveLoss(temperature=0.05, symmetric=True, rank=rank, world_size=world)
     for step in range(steps):
         n = 4 + step % 5
         loss = loss_fn(proj(torch.randn(n, 16)), proj(torch.randn(n, 16)), proj(torch.randn(2 * n, 16)))

@@ -121,14 +121,15 @@ def reference(ws: dict, cell: Cell) -> dict[str, torch.Tensor]:
         from hbt.data.tokenize import PairTokenizer, TextSpec
         from hbt.loss import ContrastiveLoss
         from hbt.model import BiEncoder, load_pretrained
-        from hbt.sampler import HybridBatchSampler, LanguageIndex
+        from hbt.sampling import HybridBatchSampler
+        from tests.helpers import index_of_corpus
 
         cfg = load_config(None, [*ws["common"], *cell.overrides(), f"run.dir={ws['tmp'] / 'ref'}"])
         m, t = cfg.model, cfg.train
         corpus = load_corpus(cfg.data.train)
         encoder, tokenizer = load_pretrained(m.name, m.dropout)
         model = BiEncoder(encoder, m.pooling)
-        index = LanguageIndex.from_corpus(corpus, t.hard_negatives)  # the same plan as training: negatives kept apart
+        index = index_of_corpus(corpus, t.hard_negatives)  # the same plan as training: negatives kept apart
         batches = HybridBatchSampler(index, t.sampler(cfg.run.seed)).plan(0)[: t.grad_accum]
         tokenize = PairTokenizer(tokenizer, TextSpec("", "", m.max_query_length, m.max_passage_length), t.hard_negatives)
         items = corpus.items

@@ -15,6 +15,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from hbt.checkpoint import Checkpointer
+from hbt.dist import detect
+from hbt.fingerprint import differences
 from tests.conftest import ROOT, run_hbt
 from tests.test_train import losses, ok, overrides, steps_per_epoch, torchrun, wait_for
 
@@ -23,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]  # one worker
 
 def test_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> None:
     root = tmp_path / "checkpoints"
-    ckpt = Checkpointer(root, keep=2)
+    ckpt = Checkpointer(root, keep=2, env=detect({}))
     assert ckpt.latest() is None
     for tag in ("step-00000004", "step-00000008", "tmp-step-00000012"):  # tmp-*: a write cut short
         (root / tag).mkdir(parents=True)
@@ -100,6 +102,36 @@ def test_resume_refuses_changed_model_weights_tokenizer_and_world_size(finished)
         tokenizer.write_text(original, encoding="utf-8")
     line = refused(torchrun(2, "train", *args, "--accept-changes"), launcher_exit=1)  # refused even then
     assert "written by 1 rank(s), this run has 2" in line
+
+
+def test_a_saved_auto_precision_is_taken_as_what_auto_runs_as_here() -> None:
+    """Fingerprints written before hbt resolved train.precision hold "auto"; it compares
+    equal to what auto resolves to on this machine, and unequal to anything else."""
+    saved = {"data": "d", "tokenizer": "t", "model": "m", "deepspeed": "z", "config": {"train.precision": "auto", "train.lr": 0.1}}
+    now = {**saved, "config": {"train.precision": "fp32", "train.lr": 0.1}}
+    assert differences(saved, now, auto_precision="fp32") == []
+    assert differences(saved, now, auto_precision="bf16") == ["train.precision ('auto' -> 'fp32')"]
+    assert differences(now, {**now, "config": {"train.precision": "bf16", "train.lr": 0.1}}, auto_precision="bf16") == \
+        ["train.precision ('fp32' -> 'bf16')"]  # only a saved "auto" is read that way
+
+
+def test_a_checkpoint_that_recorded_precision_auto_resumes_on_this_machine(finished) -> None:
+    """A checkpoint of an older hbt (train.precision recorded as "auto") resumes with the
+    same command on this CPU, where auto is fp32; asking for bf16 is refused, naming the key."""
+    tmp, args = finished
+    fp_file = tmp / "run" / "checkpoints" / "step-00000003" / "fingerprint.json"
+    original = fp_file.read_text()
+    tree = json.loads(original)
+    assert tree["config"]["train.precision"] == "fp32"  # what ran, not "auto"
+    tree["config"]["train.precision"] = "auto"
+    fp_file.write_text(json.dumps(tree))
+    try:
+        out = run_hbt("train", *args)
+        ok(out)
+        assert "resumed from" in out.stderr
+        assert "changed: train.precision ('auto' -> 'bf16')" in refused(run_hbt("train", *args, "train.precision=bf16"))
+    finally:
+        fp_file.write_text(original)
 
 
 def test_resume_refuses_another_deepspeed_json(finished, tmp_path: Path) -> None:

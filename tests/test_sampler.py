@@ -6,12 +6,17 @@ sizes, alpha, language availability and shared answers, plus explicit cases:
 3. the language policy sets the mono language mix;
 4. no item and no passage text twice in a contrastive batch;
 5. the global batch sequence does not depend on the world size;
-6. an item is a query at most once per epoch, every rank yields as many batches;
+6. an item is a query at most once per epoch, every rank reads as many batches;
 7. state_dict resumes mid-epoch exactly;
 8. epochs are deterministic whatever the order of set_epoch calls;
 9. no false negatives: no passage of a batch is relevant to another pair's query of the
    batch, with relevance taken from the evaluation's own retrieval view;
 10. nor is any hard negative of a batch (a mined negative that is another pair's positive).
+
+What a rank reads is ``plan(epoch).for_rank(*rank_slice())`` from the cursor on, the view
+``hbt.batches.RankBatches`` holds (:func:`rank_reads`). Data the sampler rightly refuses
+(a batch larger than a pool) is checked and then rejected, so hypothesis counts it as
+invalid rather than as a pass.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, reject, settings
 from hypothesis import strategies as st
 
 from hbt.data import load_corpus
 from hbt.data.corpus import Corpus, Item, Pair, retrieval_from_pairs
 from hbt.errors import InputError
-from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig, language_weights
+from hbt.sampling import HybridBatchSampler, LanguageIndex, SamplerConfig, language_weights
+from hbt.sampling.policy import cross_languages
 from tests.conftest import XQUAD_R, need
+from tests.helpers import index_of_corpus, index_of_lists
 
 
 @dataclass
@@ -92,14 +99,7 @@ def datasets(draw) -> Data:
                                                         for lang in langs})
              for n, (langs, ids) in enumerate(zip(item_langs, passage_ids))]
     corpus = Corpus(name="generated", items=items, retrieval=retrieval_from_pairs(items))
-    if draw(st.booleans()):
-        index = LanguageIndex(names, item_langs, passage_ids)
-    else:  # the same through the array constructor, languages given in any order per item
-        offsets = np.concatenate([[0], np.cumsum([len(ls) for ls in item_langs])])
-        shuffled = [tuple(rng.permutation(ls)) for ls in item_langs]
-        index = LanguageIndex.from_arrays(names, offsets, np.array([l for ls in shuffled for l in ls]),
-                                          np.array([ids[l] for ls, ids in zip(shuffled, passage_ids) for l in ls]))
-    return Data(index, item_langs, passage_ids, corpus)
+    return Data(index_of_lists(names, item_langs, passage_ids), item_langs, passage_ids, corpus)
 
 
 def brute_groups(data: Data) -> list[int]:
@@ -141,9 +141,9 @@ def make(index: LanguageIndex, c: dict, world: int | None = None, rank: int = 0)
     return HybridBatchSampler(index, cfg, world_size=world, rank=rank)
 
 
-def make_or_explain(data: Data, c: dict) -> HybridBatchSampler | None:
-    """The sampler, or None when it rightly refused the data (checked here, with the
-    answer groups recomputed by brute force)."""
+def checked_sampler(data: Data, c: dict) -> HybridBatchSampler:
+    """The sampler; when it refuses the data, the refusal is checked here (with the answer
+    groups recomputed by brute force) and the example rejected: nothing to test on it."""
     try:
         return make(data.index, c)
     except InputError as e:
@@ -153,7 +153,19 @@ def make_or_explain(data: Data, c: dict) -> HybridBatchSampler | None:
         smallest = min(len({groups[i] for i, ls in enumerate(data.item_langs) if lang in ls}) for lang in range(len(data.index.languages)))
         multilingual = len({groups[i] for i, ls in enumerate(data.item_langs) if len(ls) >= 2})
         assert (c["alpha"] > 0 and smallest < batch) or (c["alpha"] < 1 and multilingual < batch) or "can be formed" in e.problem
-        return None
+        reject()
+
+
+def rank_reads(sampler: HybridBatchSampler) -> list[list[tuple[int, str, str]]]:
+    """The pairs the sampler's rank reads of the current epoch, batch by batch from the
+    cursor on: the engine's view, ``plan().for_rank(*rank_slice())``."""
+    part = sampler.plan().for_rank(*sampler.rank_slice())
+    return [part.pairs(b) for b in range(sampler.cursor, len(part))]
+
+
+def epoch_reads(sampler: HybridBatchSampler, epoch: int) -> list[list[tuple[int, str, str]]]:
+    sampler.set_epoch(epoch)
+    return rank_reads(sampler)
 
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -162,9 +174,7 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 @SETTINGS
 @given(data=datasets(), c=configs, epoch=st.integers(0, 3))
 def test_batches_are_pure_distinct_and_each_item_is_used_once(data: Data, c: dict, epoch: int) -> None:
-    sampler = make_or_explain(data, c)
-    if sampler is None:
-        return
+    sampler = checked_sampler(data, c)
     names = {name: i for i, name in enumerate(data.index.languages)}
     seen_items: set[int] = set()
     for batch in sampler.plan(epoch):
@@ -199,15 +209,12 @@ def false_negatives(batch_pairs, corpus: Corpus, relevant: dict) -> list[tuple]:
 @given(data=datasets(), c=configs, epoch=st.integers(0, 3))
 def test_no_passage_is_relevant_to_another_query_of_its_batch(data: Data, c: dict, epoch: int) -> None:
     """(9) The rule: no false negative in any contrastive batch. Checked on what the ranks
-    actually yield (their slices put back together), not only on the plan."""
-    sampler = make_or_explain(data, c)
-    if sampler is None:
-        return
+    actually read (their slices put back together), not only on the plan."""
+    checked_sampler(data, c)
     relevant = data.relevant()
-    ranks = [make(data.index, c, rank=r) for r in range(c["world"])]
-    for r in ranks:
-        r.set_epoch(epoch)
-    for slices in zip(*ranks):
+    reads = [epoch_reads(make(data.index, c, rank=r), epoch) for r in range(c["world"])]
+    assert len({len(batches) for batches in reads}) == 1
+    for slices in zip(*reads):
         batch = [key for part in slices for key in part]
         assert false_negatives(batch, data.corpus, relevant) == []
 
@@ -236,17 +243,15 @@ def test_no_hard_negative_is_relevant_to_another_query_of_its_batch(drawn, c: di
     """(10) with the properties (1), (2), (4), (6) still holding after the planner moved
     items apart. A plan it cannot mend is refused, rarely (``assume`` would fail the
     health check if it were often)."""
-    from hypothesis import assume
-
     data, negatives, k = drawn
-    index = LanguageIndex(data.index.languages, data.item_langs, data.passage_ids, negatives)
+    index = index_of_lists(data.index.languages, data.item_langs, data.passage_ids, negatives)
     try:
         sampler = make(index, c)
         plan = sampler.plan(epoch)
     except InputError as e:
         assume(e.where != "train.hard_negatives")
-        make_or_explain(data, c)  # then it is the batch-size refusal, checked there
-        return
+        checked_sampler(data, c)  # the batch-size refusal, which the data without negatives gets too
+        raise AssertionError(f"refused with hard negatives only: {e}") from e
     relevant = data.relevant()
     names = index.languages
     seen: set[int] = set()
@@ -265,8 +270,8 @@ def test_no_hard_negative_is_relevant_to_another_query_of_its_batch(drawn, c: di
                 assert not hit & set(items), (item_a, plang, neg, hit & set(items))
     if c["mix"] == "exact":
         assert sum(b.kind == "mono" for b in plan) == math.floor(c["alpha"] * len(plan) + 0.5)
-    plain = make_or_explain(data, c)  # the same batches as without negatives, up to the moves
-    assert plain is not None and len(plain.plan(epoch)) == len(plan) and plain.mix(epoch) == sampler.mix(epoch)
+    plain = make(data.index, c)  # the same batches as without negatives, up to the moves
+    assert len(plain.plan(epoch)) == len(plan) and plain.mix(epoch) == sampler.mix(epoch)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
@@ -279,7 +284,7 @@ def test_a_pair_is_kept_from_what_its_own_passage_languages_negatives_answer(alp
     instead fails this."""
     n, en, de = 48, 0, 1
     negatives = [{en: [2 * ((i + 1) % n)], de: [2 * ((i + 2) % n) + 1]} for i in range(n)]
-    index = LanguageIndex(["en", "de"], [(en, de)] * n, [{en: 2 * i, de: 2 * i + 1} for i in range(n)], negatives)
+    index = index_of_lists(["en", "de"], [(en, de)] * n, [{en: 2 * i, de: 2 * i + 1} for i in range(n)], negatives)
     sampler = HybridBatchSampler(index, SamplerConfig(batch_size=8, alpha=alpha, seed=3))
     for epoch in range(6):
         for batch in sampler.plan(epoch):
@@ -300,27 +305,24 @@ def test_answer_groups_are_the_connected_items(data: Data) -> None:
             assert data.index.passage_of(item, lang) == data.passage_ids[item].get(lang)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=datasets(), c=configs, epoch=st.integers(0, 2))
-def test_array_and_list_constructors_plan_alike(data: Data, c: dict, epoch: int) -> None:
-    lists = LanguageIndex(data.index.languages, data.item_langs, data.passage_ids)
-    arrays = LanguageIndex.from_arrays(lists.languages, lists.offsets, lists.langs, lists.passages)
-    for name in ("offsets", "langs", "passages", "group", "counts"):
-        assert np.array_equal(getattr(lists, name), getattr(arrays, name)), name
-    try:
-        a, b = make(lists, c), make(arrays, c)
-    except InputError:
-        return
-    assert [x.pairs for x in a.plan(epoch)] == [x.pairs for x in b.plan(epoch)]
+def test_the_index_takes_each_items_languages_ascending() -> None:
+    """The training data arrives with each item's pairs sorted by language code, and every
+    pair-aligned array (table rows, negatives) follows that order, so the index refuses
+    any other order instead of re-sorting the pairs out of line with those arrays."""
+    offsets, passages = np.array([0, 2, 3]), np.array([10, 11, 12])
+    with pytest.raises(InputError, match="sorted by language code"):
+        LanguageIndex.from_arrays(["a", "b"], offsets, np.array([1, 0, 0]), passages)
+    with pytest.raises(InputError, match="lists a language twice"):
+        LanguageIndex.from_arrays(["a", "b"], offsets, np.array([1, 1, 0]), passages)
+    index = LanguageIndex.from_arrays(["a", "b"], offsets, np.array([0, 1, 0]), passages)  # a new item may start lower
+    assert index.langs_of(0) == (0, 1) and index.langs_of(1) == (0,) and index.counts.tolist() == [2, 1]
 
 
 @SETTINGS
 @given(data=datasets(), c=configs)
 def test_exact_mix_is_round_alpha_n(data: Data, c: dict) -> None:
     c = {**c, "mix": "exact"}
-    sampler = make_or_explain(data, c)
-    if sampler is None:
-        return
+    sampler = checked_sampler(data, c)
     for epoch in range(3):
         batches = sampler.plan(epoch)
         mono = sum(b.kind == "mono" for b in batches)
@@ -332,55 +334,45 @@ def test_exact_mix_is_round_alpha_n(data: Data, c: dict) -> None:
 @given(data=datasets(), c=configs, epoch=st.integers(0, 2))
 def test_global_sequence_is_independent_of_world_size(data: Data, c: dict, epoch: int) -> None:
     c = {**c, "world": 4 * max(1, c["world"] // 4) if c["world"] >= 4 else 4, "per_rank": max(1, c["per_rank"] // 2)}
-    sampler = make_or_explain(data, c)
-    if sampler is None:
-        return
+    sampler = checked_sampler(data, c)
     sequences = []
     for world in (1, 2, 4):  # (5) the same contrastive batches whatever the world size
-        per_rank = [list(iter_epoch(make(data.index, c, world=world, rank=r), epoch)) for r in range(world)]
+        per_rank = [epoch_reads(make(data.index, c, world=world, rank=r), epoch) for r in range(world)]
         lengths = {len(batches) for batches in per_rank}
-        assert len(lengths) == 1  # (6) every rank yields the same number of batches
+        assert len(lengths) == 1  # (6) every rank reads the same number of batches
         sequences.append([sum((per_rank[r][b] for r in range(world)), []) for b in range(lengths.pop())])
     assert sequences[0] == sequences[1] == sequences[2]
     assert sequences[0] == [list(b.pairs) for b in sampler.plan(epoch)]
 
 
-def iter_epoch(sampler: HybridBatchSampler, epoch: int):
-    sampler.set_epoch(epoch)
-    return iter(sampler)
-
-
 @SETTINGS
 @given(data=datasets(), c=configs, epoch=st.integers(0, 3), stop=st.integers(0, 40))
 def test_state_dict_resumes_mid_epoch(data: Data, c: dict, epoch: int, stop: int) -> None:
-    sampler = make_or_explain(data, c)
-    if sampler is None:
-        return
+    checked_sampler(data, c)
     rank = c["world"] - 1
-    full = list(iter_epoch(make(data.index, c, rank=rank), epoch))
+    full = epoch_reads(make(data.index, c, rank=rank), epoch)
     first = make(data.index, c, rank=rank)
-    it = iter_epoch(first, epoch)
-    head = [batch for _, batch in zip(range(stop), it)]
-    state = first.state_dict()
+    head = epoch_reads(first, epoch)[:stop]
+    first.cursor = len(head)  # the engine moves the cursor past every batch it trained on
     resumed = make(data.index, c, rank=rank)  # (7) a fresh process loads the state
-    resumed.load_state_dict(state)
-    assert head + list(resumed) == full
+    resumed.load_state_dict(first.state_dict())
+    assert head + rank_reads(resumed) == full
 
 
 @SETTINGS
 @given(data=datasets(), c=configs, epoch=st.integers(0, 5))
 def test_set_epoch_reshuffles_deterministically(data: Data, c: dict, epoch: int) -> None:
-    sampler = make_or_explain(data, c)
-    if sampler is None:
-        return
-    again = make(data.index, c)
-    for e in (epoch, 0, epoch):  # (8) any order of set_epoch calls gives the same epoch
-        assert list(iter_epoch(sampler, e)) == list(iter_epoch(again, epoch if e == epoch else 0))
+    """(8) An epoch read after other epochs (and the carried items their plans left) is
+    the epoch a fresh sampler reads first."""
+    sampler = checked_sampler(data, c)
+    fresh = {e: epoch_reads(make(data.index, c), e) for e in (0, epoch)}
+    for e in (epoch, 0, epoch):
+        assert epoch_reads(sampler, e) == fresh[e]
 
 
 def xquad_like(n_items: int = 1200, n_langs: int = 6) -> LanguageIndex:
-    return LanguageIndex([f"l{i}" for i in range(n_langs)], [tuple(range(n_langs))] * n_items,
-                         [{lang: lang * 100_000 + item for lang in range(n_langs)} for item in range(n_items)])
+    return index_of_lists([f"l{i}" for i in range(n_langs)], [tuple(range(n_langs))] * n_items,
+                          [{lang: lang * 100_000 + item for lang in range(n_langs)} for item in range(n_items)])
 
 
 def test_epochs_differ_and_cover_the_items() -> None:
@@ -410,8 +402,8 @@ def test_language_policy_sets_the_mono_language_mix(policy: str, temperature: fl
     """(3) Languages of sizes 4000/2000/1000: the mono batches of many epochs follow the policy."""
     sizes = [4000, 2000, 1000]
     item_langs = [(0,)] * 2000 + [(0, 1)] * 1000 + [(0, 1, 2)] * 1000
-    index = LanguageIndex(["a", "b", "c"], item_langs,
-                          [{lang: lang * 10**6 + i for lang in langs} for i, langs in enumerate(item_langs)])
+    index = index_of_lists(["a", "b", "c"], item_langs,
+                           [{lang: lang * 10**6 + i for lang in langs} for i, langs in enumerate(item_langs)])
     assert index.counts.tolist() == sizes
     sampler = HybridBatchSampler(index, SamplerConfig(batch_size=4, alpha=1.0, language_policy=policy, language_temperature=temperature))
     mix = Counter()
@@ -425,14 +417,13 @@ def test_language_policy_sets_the_mono_language_mix(policy: str, temperature: fl
 
 def test_cross_pair_languages_follow_the_policy() -> None:
     """(3) A cross pair's query language is a weighted draw among its item's languages,
-    its passage language a weighted draw among the others."""
+    its passage language a weighted draw among the others: every item's draw of 3 epochs,
+    with weights no policy gives equal counts (a policy on equal counts would be uniform)."""
     item_langs = [(0, 1, 2)] * 3000
-    index = LanguageIndex(["a", "b", "c"], item_langs, [{lang: lang * 10**6 + i for lang in range(3)} for i in range(3000)])
+    index = index_of_lists(["a", "b", "c"], item_langs, [{lang: lang * 10**6 + i for lang in range(3)} for i in range(3000)])
     weights = np.array([3.0, 2.0, 1.0])
-    sampler = HybridBatchSampler(index, SamplerConfig(batch_size=30, alpha=0.0))
-    sampler._planner.weights = weights  # (a policy on equal counts would be uniform)
-    sampler._plans.clear()
-    pairs = Counter((q, p) for e in range(3) for b in sampler.plan(e) for _, q, p in b.pairs)
+    draws = [cross_languages(index, weights, seed=0, epoch=e) for e in range(3)]
+    pairs = Counter(("abc"[q], "abc"[p]) for qlang, plang in draws for q, p in zip(qlang.tolist(), plang.tolist()))
     total = sum(pairs.values())
     w = dict(zip("abc", weights / weights.sum()))
     for (q, p), n in pairs.items():
@@ -461,9 +452,8 @@ def test_carry_puts_last_epochs_leftover_first() -> None:
 
 def test_mixed_availability_corpus_end_to_end() -> None:
     corpus = load_corpus("synthetic:items=600,languages=4,coverage=0.5,seed=2")
-    index = LanguageIndex.from_corpus(corpus)
-    sampler = HybridBatchSampler(index, SamplerConfig(batch_size=24, alpha=0.5), world_size=3, rank=1)
-    batches = list(sampler)
+    sampler = HybridBatchSampler(index_of_corpus(corpus), SamplerConfig(batch_size=24, alpha=0.5), world_size=3, rank=1)
+    batches = rank_reads(sampler)
     assert batches and all(len(b) == 8 for b in batches)
     for item, q, p in (key for b in batches for key in b):
         assert q in corpus.items[item].pairs and p in corpus.items[item].pairs
@@ -503,7 +493,7 @@ def test_items_sharing_an_answer_are_never_in_one_batch() -> None:
     passage_ids = [{lang: lang * 10**6 + i for lang in range(3)} for i in range(n)]
     for i in range(0, n, 2):
         passage_ids[i + 1][2] = passage_ids[i][2]  # i and i + 1 share their answer in language 2
-    index = LanguageIndex(["a", "b", "c"], item_langs, passage_ids)
+    index = index_of_lists(["a", "b", "c"], item_langs, passage_ids)
     for alpha in (0.0, 0.5, 1.0):
         sampler = HybridBatchSampler(index, SamplerConfig(batch_size=50, alpha=alpha))
         for epoch in range(3):
@@ -518,21 +508,20 @@ def test_xquad_r_has_no_false_negatives() -> None:
     evaluation's own (hbt.eval.run.Layout over the corpus' retrieval view); 3 epochs of
     batch 32 at alpha 0, 0.5 and 1 hold no passage relevant to another query of its batch."""
     path = need(XQUAD_R)
-    from hbt.data.tokenize import TextSpec
-    from hbt.eval.run import Layout
+    from hbt.eval.run import EvalLayout
 
     corpus = load_corpus(str(path))
     rs = corpus.retrieval
-    layout = Layout.of(rs, TextSpec())
+    layout = EvalLayout.of(rs)
     item_of_query = {q.id: q.item_id for qs in rs.queries.values() for q in qs}
     relevant: dict[str, set[int]] = {}
     for row, qid in enumerate(layout.query_ids):
-        relevant.setdefault(item_of_query[qid], set(int(g) for g in layout.relevant[row] if g >= 0))
+        relevant.setdefault(item_of_query[qid], set(int(g) for g in layout.candidates.relevant[row] if g >= 0))
     candidates: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for gid, (t, lang) in enumerate(zip(layout.cand_texts, layout.cand_lang)):
-        candidates[(layout.cand_langs[lang], t)].add(gid)
+    for gid, (t, lang) in enumerate(zip(layout.candidates.texts, layout.candidates.lang)):
+        candidates[(layout.candidates.langs[lang], t)].add(gid)
     assert any(len(c.item_ids) > 1 for cs in rs.candidates.values() for c in cs), "no shared answers: the test would prove nothing"
-    index = LanguageIndex.from_corpus(corpus)
+    index = index_of_corpus(corpus)
     for alpha in (0.0, 0.5, 1.0):
         sampler = HybridBatchSampler(index, SamplerConfig(batch_size=32, alpha=alpha, seed=0))
         bad = []

@@ -24,7 +24,7 @@ from hbt.data.sources import Source
 from hbt.data.tokenize import PairTokenizer, TextSpec
 from hbt.data.training import load_training_data
 from hbt.errors import InputError
-from hbt.sampler import HybridBatchSampler, LanguageIndex, SamplerConfig
+from hbt.sampling import HybridBatchSampler, LanguageIndex, SamplerConfig
 
 
 def rows_of(corpus_spec: str = "synthetic:items=300,languages=3,coverage=0.7,seed=4") -> list[dict]:
@@ -394,15 +394,15 @@ def run_torchrun(nproc: int, *args: str):
 def test_shards_as_a_corpus_for_mining_map_columns_like_a_source(tmp_path: Path) -> None:
     """``hbt mine --data SHARDS --columns ...`` reads what a training source with that
     mapping reads: the same items, languages and texts."""
-    from hbt.cli import _columns
+    from hbt.commands import parse_columns
     from hbt.data.table import table_corpus
 
     rows = rows_of("synthetic:items=60,languages=2,seed=6")
     folder = write_parquet(rows, tmp_path / "renamed", rename={"id": "qid", "query": "question"})
-    corpus = table_corpus(f"{folder}/*.parquet", str(tmp_path / "cache"), _columns("id=qid, query=question"))
+    corpus = table_corpus(f"{folder}/*.parquet", str(tmp_path / "cache"), parse_columns("id=qid, query=question"))
     got = sorted((item.id, lang, p.query, p.passage) for item in corpus.items for lang, p in item.pairs.items())
     assert got == sorted((r["id"], r["lang"], r["query"], r["positive"]) for r in rows) and corpus.name == "renamed"
     with pytest.raises(InputError, match="no column 'id'; map it"):  # unmapped: the error says how
         table_corpus(str(folder), str(tmp_path / "cache"))
     with pytest.raises(InputError, match="--columns"):
-        _columns("id")
+        parse_columns("id")

@@ -4,7 +4,8 @@ An *item* is one question-answer unit that exists in one or more languages, with
 same id in each: the query of one language and the passage of another are a
 cross-lingual positive pair exactly because they share the item id. Training reads
 ``Corpus.items``; evaluation reads ``Corpus.retrieval`` (queries, a candidate pool per
-language, relevance through item ids), so one loader serves both.
+language, relevance through item ids, as :mod:`hbt.relevance` defines it), so one
+loader serves both.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
+
+from hbt.relevance import positive_pools
 
 
 @dataclass(frozen=True)
@@ -110,21 +113,16 @@ class Corpus:
 
 
 def retrieval_from_pairs(items: list[Item]) -> RetrievalSet:
-    """The retrieval view of a corpus that only has pairs: every item's query, and a pool
-    of the distinct positive passages per language (a passage shared by several items is
-    one candidate relevant to all of them)."""
+    """The retrieval view of a corpus that only has pairs: every item's query, and per
+    language the pool that :func:`hbt.relevance.positive_pools` defines (a passage shared
+    by several items is one candidate relevant to all of them)."""
     queries: dict[str, list[Query]] = defaultdict(list)
-    pools: dict[str, dict[str, tuple[str, set[str]]]] = defaultdict(dict)
     for item in items:
         for lang, pair in item.pairs.items():
             queries[lang].append(Query(id=f"{item.id}/{lang}", item_id=item.id, text=pair.query))
-            title, ids = pools[lang].setdefault(pair.passage, (item.title, set()))
-            ids.add(item.id)
+    pools = positive_pools((lang, item.id, item.title, pair.passage) for item in items for lang, pair in item.pairs.items())
     candidates = {
-        lang: [
-            Candidate(id=f"{lang}/{n}", text=text, title=title, item_ids=frozenset(ids))
-            for n, (text, (title, ids)) in enumerate(pool.items())
-        ]
+        lang: [Candidate(id=f"{lang}/{n}", text=text, title=title, item_ids=ids) for n, (text, title, ids) in enumerate(pool)]
         for lang, pool in pools.items()
     }
     return RetrievalSet(queries=dict(queries), candidates=candidates)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import datasets
 
@@ -154,15 +154,24 @@ def table_corpus(source: str, cache_dir: str, columns: dict[str, str] | None = N
     source's are, for the tools that need one object per pair (``hbt mine``)."""
     ds = map_columns(open_dataset(source, cache_dir), columns or {}, source)
     name = source_root(source).name or source  # a glob is named by its directory
-    return corpus_from_rows(_rows(ds, source), name, source)
+    return dataset_corpus(ds, name, source)
 
 
-def _rows(ds: datasets.Dataset, source: str, size: int = 10_000) -> Iterator[tuple[str, dict]]:
-    """(``SOURCE row N``, row) for every row, read ``size`` rows at a time."""
-    for start in range(0, len(ds), size):
-        batch = ds[start:start + size]
-        for i, values in enumerate(zip(*batch.values())):
-            yield f"{source} row {start + i}", dict(zip(batch, values))
+def dataset_corpus(ds: datasets.Dataset, name: str, source: str, rows: Sequence[int] | None = None) -> Corpus:
+    """The table (hbt's column names), or its ``rows`` (ascending), as a corpus: the one
+    converter from the table model to :class:`Corpus`, through the generic format's
+    checks (:func:`hbt.data.jsonl.corpus_from_rows`; errors name ``SOURCE row N``, the
+    table's own row number), so every corpus made of a table is a validated one."""
+    return corpus_from_rows(_rows(ds, source, range(len(ds)) if rows is None else rows), name, source)
+
+
+def _rows(ds: datasets.Dataset, source: str, rows: Sequence[int], size: int = 10_000) -> Iterator[tuple[str, dict]]:
+    """(``SOURCE row N``, row) for every row of ``rows``, read ``size`` rows at a time."""
+    for start in range(0, len(rows), size):
+        part = rows[start:start + size]
+        batch = ds[part]
+        for n, values in zip(part, zip(*batch.values())):
+            yield f"{source} row {n}", dict(zip(batch, values))
 
 
 def open_source(source: str, columns: dict[str, str], cache_dir: str) -> tuple[datasets.Dataset, Corpus | None]:

@@ -37,11 +37,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hbt.data.corpus import Corpus, Item, Pair, retrieval_from_pairs
+from hbt.data.corpus import Corpus
 from hbt.data.languages import check_language
 from hbt.data.split import choose_titles
 from hbt.data.sources import Source
-from hbt.data.table import main_first, open_source
+from hbt.data.table import dataset_corpus, main_first, open_source
 from hbt.errors import InputError
 
 INDEX_VERSION = 1  # bump when the arrays' meaning changes: old caches are then ignored
@@ -68,9 +68,17 @@ class TrainingData:
     def n_items(self) -> int:
         return len(self.offsets) - 1
 
-    def item_rows(self) -> np.ndarray:
-        """Per item, the table row of its first pair (where its id is read)."""
-        return self.rows[self.offsets[:-1]]
+    def pair_rows(self, items: np.ndarray, langs: np.ndarray) -> np.ndarray:
+        """The table rows of (item, language code) pairs. An item's languages are sorted,
+        so its pair of ``lang`` sits at ``offsets[item]`` plus the number of its languages
+        below ``lang``; counted over a (pairs x most languages of an item) window, not
+        searched per pair, so a batch costs a few numpy calls whatever its size."""
+        items = np.asarray(items, dtype=np.int64)
+        lo, count = self.offsets[items], self.offsets[items + 1] - self.offsets[items]
+        column = np.arange(int(count.max(initial=0)))
+        at = np.minimum(lo[:, None] + column, len(self.langs) - 1)  # past an item's end: masked below
+        below = ((column < count[:, None]) & (self.langs[at] < np.asarray(langs)[:, None])).sum(axis=1)
+        return self.rows[lo + below].astype(np.int64)
 
     def item_ids(self, items: np.ndarray) -> list[str]:
         """The corpus' own ids of ``items`` (indices), one Arrow lookup."""
@@ -194,17 +202,15 @@ def _source_arrays(ds: datasets.Dataset, src: Source, where: str, held: set[str]
 
 def _held_out_corpus(ds: datasets.Dataset, corpus: Corpus | None, held: set[str], name: str) -> Corpus:
     """The held-out titles as a corpus: the parsed one's subset (it keeps every candidate
-    sentence of a LAReQA article), or one built from the held-out rows."""
+    sentence of a LAReQA article), or the held-out rows through the table's one converter
+    (:func:`hbt.data.table.dataset_corpus`): validated, as training checks language codes
+    and repeated languages only on the rows it trains on. Without their negatives:
+    evaluation reads none."""
     if corpus is not None:
         return corpus.subset(held, f"{corpus.name}-heldout")
     rows = np.flatnonzero(pc.is_in(_titles(ds), value_set=pa.array(sorted(held))).to_numpy(zero_copy_only=False))
-    part = ds.select_columns([c for c in ("id", "lang", "query", "positive", "title") if c in ds.column_names])[rows]
-    items: dict[str, Item] = {}
-    for n in range(len(rows)):
-        title = part["title"][n] if "title" in part else part["id"][n]
-        item = items.setdefault(part["id"][n], Item(id=part["id"][n], title=title, pairs={}))
-        item.pairs[part["lang"][n]] = Pair(query=part["query"][n], passage=part["positive"][n])
-    return Corpus(name=f"{name}-heldout", items=list(items.values()), retrieval=retrieval_from_pairs(list(items.values())))
+    part = ds.select_columns([c for c in ds.column_names if c != "negatives"])
+    return dataset_corpus(part, f"{name}-heldout", name, rows)
 
 
 def _held_titles(ds: datasets.Dataset, corpus: Corpus | None, holdout: str | float | None, seed: int) -> set[str]:

@@ -1,10 +1,9 @@
-"""Encoding this rank's share of a list of texts."""
+"""Encoding a list of texts (a rank's share of them: :func:`shard_bounds`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from hbt.data.tokenize import pad
@@ -16,22 +15,6 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
-
-
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_objects(obj):
-    """Every rank's ``obj``, in rank order (a list of one off-distributed)."""
-    rank, size = world()
-    if size == 1:
-        return [obj]
-    out = [None] * size
-    dist.all_gather_object(out, obj)
-    return out
 
 
 @torch.no_grad()

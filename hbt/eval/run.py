@@ -11,7 +11,6 @@ candidate, the count of its own candidates that score above it (exact ranks, sum
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,87 +20,77 @@ from hbt.data.corpus import RetrievalSet
 from hbt.data.tokenize import TextSpec
 from hbt.errors import InputError
 from hbt.eval.bias import language_bias
-from hbt.eval.encode import encode, gather_objects, shard_bounds, world
+from hbt.dist import DistEnv, gather_objects
+from hbt.eval.encode import encode, shard_bounds
 from hbt.eval.metrics import metrics_from_ranks
 from hbt.eval.search import Block, IndexKind, build_index, exact_counts, local_topk, merge_topk, relevant_scores
+from hbt.relevance import CandidateLayout
 
 SETTINGS = ("mono", "cross", "multi")
 
 
 @dataclass
-class Layout:
-    """Global numbering of queries and candidates, and relevance as candidate ids."""
+class EvalLayout:
+    """What one evaluation encodes and ranks: the queries in language order (their texts,
+    ids and languages) and the candidates, numbered with each query's relevant ones by
+    :class:`hbt.relevance.CandidateLayout` (the one layout mining uses too)."""
 
     query_langs: list[str]
-    cand_langs: list[str]
+    query_lang: np.ndarray  # per query, the index of its language in query_langs
     query_texts: list[str]
-    query_lang: np.ndarray  # language index per query
     query_ids: list[str]
-    cand_texts: list[str]
-    cand_lang: np.ndarray
-    cand_ids: list[str]
-    relevant: np.ndarray  # (queries x R) global candidate ids, -1 pads
+    candidates: CandidateLayout  # its ``relevant`` has one row per query, in this order
 
     @classmethod
-    def of(cls, rs: RetrievalSet, spec: TextSpec) -> "Layout":
+    def of(cls, rs: RetrievalSet) -> "EvalLayout":
         for kind, table in (("queries", rs.queries), ("candidates", rs.candidates)):
             for lang, rows in table.items():
                 if not rows:
                     raise InputError(f"language '{lang}'", f"has no {kind}")
         if not rs.queries or not rs.candidates:
             raise InputError("evaluation data", "needs queries and candidates")
-        qlangs, clangs = sorted(rs.queries), sorted(rs.candidates)
-        cands = [(ci, c) for ci, lang in enumerate(clangs) for c in rs.candidates[lang]]
-        by_item: dict[str, list[int]] = defaultdict(list)
-        for gid, (_, c) in enumerate(cands):
-            for item in c.item_ids:
-                by_item[item].append(gid)
+        qlangs = sorted(rs.queries)
         queries = [(qi, q) for qi, lang in enumerate(qlangs) for q in rs.queries[lang]]
-        width = max([len(by_item[q.item_id]) for _, q in queries] + [1])
-        relevant = np.full((len(queries), width), -1, dtype=np.int64)
-        for row, (_, q) in enumerate(queries):
-            ids = by_item[q.item_id]
-            relevant[row, : len(ids)] = ids
-        return cls(
-            qlangs, clangs,
-            [spec.query_prefix + q.text for _, q in queries], np.array([qi for qi, _ in queries]), [q.id for _, q in queries],
-            [spec.passage_prefix + c.text for _, c in cands], np.array([ci for ci, _ in cands]), [c.id for _, c in cands],
-            relevant,
-        )
+        return cls(qlangs, np.array([qi for qi, _ in queries]), [q.text for _, q in queries], [q.id for _, q in queries],
+                   CandidateLayout.of(rs.candidates, [q.item_id for _, q in queries]))
 
 
-def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, settings: tuple[str, ...] = SETTINGS,
+def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, env: DistEnv, settings: tuple[str, ...] = SETTINGS,
              k: int = 100, index: IndexKind = "flat", batch_size: int = 128, progress: bool = True,
              block: Block = Block()) -> dict:
     """Metrics per setting and language (pair), their means, language bias, timings, and
-    the multilingual top-k lists (for run files). ``block`` bounds the memory of exact ranks
+    the multilingual top-k lists (for run files), on every rank of ``env`` (each encodes
+    its share). ``block`` bounds the memory of exact ranks
     (:class:`hbt.eval.search.Block`); it changes no result."""
-    rank, size = world()
-    layout = Layout.of(rs, spec)
+    rank, size = env.rank, env.world_size
+    layout = EvalLayout.of(rs)
+    cands = layout.candidates
     show = progress and rank == 0
     timings: dict[str, float] = {}
 
     tick = time.perf_counter()
     qa, qb = shard_bounds(len(layout.query_texts), rank, size)
-    ca, cb = shard_bounds(len(layout.cand_texts), rank, size)
-    q_local = encode(model, tokenizer, layout.query_texts[qa:qb], spec.max_query_length, batch_size, "encode queries" if show else None)
-    c_emb = encode(model, tokenizer, layout.cand_texts[ca:cb], spec.max_passage_length, batch_size, "encode candidates" if show else None)
-    q_emb = np.concatenate(gather_objects(q_local))
+    ca, cb = shard_bounds(len(cands.texts), rank, size)
+    q_texts = [spec.query_prefix + t for t in layout.query_texts[qa:qb]]
+    c_texts = [spec.passage_prefix + t for t in cands.texts[ca:cb]]
+    q_local = encode(model, tokenizer, q_texts, spec.max_query_length, batch_size, "encode queries" if show else None)
+    c_emb = encode(model, tokenizer, c_texts, spec.max_passage_length, batch_size, "encode candidates" if show else None)
+    q_emb = np.concatenate(gather_objects(q_local, env))
     timings["encode_s"] = time.perf_counter() - tick
     if q_emb.shape[1] != c_emb.shape[1]:
         raise InputError("model", f"query embeddings have {q_emb.shape[1]} dimensions, candidates {c_emb.shape[1]}")
 
     # Only the multilingual setting writes top-k lists (multi.run); the others need no index.
     counts, gathered, search_timings = search_and_rank(
-        q_emb, c_emb, ca, layout.query_lang, layout.cand_lang, layout.relevant,
+        q_emb, c_emb, ca, layout.query_lang, cands.lang, cands.relevant, env,
         k=k if "multi" in settings else 0, index=index, block=block, show=show)
     timings.update(search_timings)
-    n_clang = len(layout.cand_langs)
+    n_clang = len(cands.langs)
 
     tick = time.perf_counter()
-    rel_lang = np.where(layout.relevant >= 0, layout.cand_lang[np.maximum(layout.relevant, 0)], -1)
+    rel_lang = np.where(cands.relevant >= 0, cands.lang[np.maximum(cands.relevant, 0)], -1)
     results: dict = {"settings": list(settings), "k": k}
-    qnames, cnames = layout.query_langs, layout.cand_langs
+    qnames, cnames = layout.query_langs, cands.langs
     if "mono" in settings or "cross" in settings:
         for x, xname in enumerate(qnames):
             rows = layout.query_lang == x
@@ -113,14 +102,14 @@ def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, settings: tuple
                 ranks = np.where(in_y, counts[:, :, y] + 1, 0)[rows]
                 key = xname if setting == "mono" else f"{xname}-{yname}"
                 results.setdefault(setting, {})[key] = metrics_from_ranks(ranks)
-    multi_ranks = np.where(layout.relevant >= 0, counts.sum(-1) + 1, 0)
+    multi_ranks = np.where(cands.relevant >= 0, counts.sum(-1) + 1, 0)
     if "multi" in settings:
         results["multi"] = {x: metrics_from_ranks(multi_ranks[layout.query_lang == i]) for i, x in enumerate(qnames)}
         by_lang = {x: m["map"] for x, m in results["multi"].items() if m.get("queries")}
         query_lang_codes = np.array([cnames.index(qnames[i]) if qnames[i] in cnames else -1 for i in layout.query_lang])
         results["bias"] = language_bias(multi_ranks, rel_lang, query_lang_codes, by_lang)
         top = {x: merge_topk([part[x, y] for part in gathered for y in range(n_clang)], k) for x in range(len(qnames))}
-        results["topk"] = {"query_ids": layout.query_ids, "cand_ids": layout.cand_ids, "lists": top}
+        results["topk"] = {"query_ids": layout.query_ids, "cand_ids": cands.ids, "lists": top}
     results["summary"] = summarize(results)
     timings["metrics_s"] = time.perf_counter() - tick
     results["timings"] = timings
@@ -128,7 +117,7 @@ def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, settings: tuple
 
 
 def search_and_rank(queries: np.ndarray, cands: np.ndarray, first_id: int, query_lang: np.ndarray,
-                    cand_lang: np.ndarray, relevant: np.ndarray, k: int = 100, index: IndexKind = "flat",
+                    cand_lang: np.ndarray, relevant: np.ndarray, env: DistEnv, k: int = 100, index: IndexKind = "flat",
                     block: Block = Block(), show: bool = False) -> tuple[np.ndarray, list[dict], dict[str, float]]:
     """This rank's part of an evaluation from embeddings alone (no model, no texts), so a
     benchmark can run it on any pool: the exact counts of candidates above every relevant
@@ -147,11 +136,11 @@ def search_and_rank(queries: np.ndarray, cands: np.ndarray, first_id: int, query
     pools = [_rows(local_lang == y) for y in range(n_clang)]  # this rank's candidates of each language
 
     tick = time.perf_counter()
-    thresholds = np.sum(gather_objects(relevant_scores(queries, cands, first_id, relevant)), axis=0)
+    thresholds = np.sum(gather_objects(relevant_scores(queries, cands, first_id, relevant), env), axis=0)
     counts = np.zeros(relevant.shape + (n_clang,), dtype=np.int64)  # candidates above, per pool language
     for y, pool in enumerate(tqdm(pools, desc="exact ranks", disable=not show, leave=False)):
         counts[:, :, y] = exact_counts(queries, query_lang, cands[pool], ids[pool], relevant, thresholds, block)
-    counts = np.sum(gather_objects(counts), axis=0)
+    counts = np.sum(gather_objects(counts, env), axis=0)
     timings = {"rank_s": time.perf_counter() - tick, "index_s": 0.0, "search_s": 0.0}
 
     topk_parts: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -166,7 +155,7 @@ def search_and_rank(queries: np.ndarray, cands: np.ndarray, first_id: int, query
         del faiss_index  # before the next language's is built: one copy of a shard at a time
         timings["search_s"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    gathered = gather_objects(topk_parts) if k > 0 else []
+    gathered = gather_objects(topk_parts, env) if k > 0 else []
     timings["search_s"] += time.perf_counter() - t0
     return counts, gathered, timings
 

@@ -20,7 +20,8 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from hbt.eval.encode import gather_objects, shard_bounds
+from hbt.dist import DistEnv, gather_objects
+from hbt.eval.encode import shard_bounds
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 
@@ -87,11 +88,11 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
-def distributed_topk(queries: np.ndarray, candidates: np.ndarray, ids: np.ndarray, k: int,
+def distributed_topk(queries: np.ndarray, candidates: np.ndarray, ids: np.ndarray, k: int, env: DistEnv,
                      kind: IndexKind = "flat") -> tuple[np.ndarray, np.ndarray]:
-    """Search this rank's shard and merge every rank's lists: the same global top-k on every rank."""
+    """Search this rank's shard and merge every rank's lists: the same global top-k on every rank of ``env``."""
     index = build_index(candidates, kind) if len(candidates) else None
-    return merge_topk(gather_objects(local_topk(index, queries, ids, k)), k)
+    return merge_topk(gather_objects(local_topk(index, queries, ids, k), env), k)
 
 
 @dataclass(frozen=True)

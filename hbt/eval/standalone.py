@@ -73,7 +73,9 @@ def load_encoder(model: str, pooling: str, env: hdist.DistEnv) -> tuple[BiEncode
     return bi, tokenizer
 
 
-def run_eval(a: EvalArgs) -> dict:
+def run_eval(a: EvalArgs) -> tuple[dict, hdist.DistEnv]:
+    """Evaluate on every rank of the job that started this process; rank 0 writes the
+    outputs. Returns the results and the job's env (so the caller prints once)."""
     from hbt.eval.report import write_outputs
     from hbt.eval.run import evaluate
 
@@ -83,7 +85,7 @@ def run_eval(a: EvalArgs) -> dict:
     spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
     model, tokenizer = load_encoder(a.model, pooling, env)
-    results = evaluate(model, tokenizer, corpus.retrieval, spec, a.settings, a.k, a.index, a.batch_size, env.is_main)
+    results = evaluate(model, tokenizer, corpus.retrieval, spec, env, a.settings, a.k, a.index, a.batch_size, env.is_main)
     if env.is_main:
         write_outputs(results, a.out, f"{Path(a.model).name} on {corpus.name}")
-    return results
+    return results, env

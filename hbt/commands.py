@@ -1,0 +1,237 @@
+"""What each ``hbt`` subcommand does, given its parsed arguments (:mod:`hbt.cli` parses).
+
+Each imports what it needs when it runs, so that ``hbt train`` has installed its stop
+signals' handlers before torch is imported. Each returns the process's exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hbt.errors import InputError
+
+if TYPE_CHECKING:  # hbt.dist imports torch
+    from hbt.dist import DistEnv
+
+
+def data_stats_command(args: argparse.Namespace) -> int:
+    from hbt.data import load_corpus
+    from hbt.data.stats import pairs_table, stats_table
+    from hbt.data.table import is_table_source
+
+    if is_table_source(args.path):  # shards: what training reads, without a Python object per row
+        data, index = _training_index(args.path, args.cache_dir)
+        print(f"{args.path}: {data.n_items:,} items, {len(data.rows):,} pairs, {len(data.languages)} languages")
+        print(pairs_table(data.languages, data.langs, data.offsets, index.group))
+        return 0
+    corpus = load_corpus(args.path)
+    print(f"{corpus.name}: {len(corpus.items):,} items, {len(corpus.titles):,} titles, {len(corpus.languages)} languages")
+    print(stats_table(corpus))
+    return 0
+
+
+def _training_index(path: str, cache_dir: str):
+    """One source's training data and the sampler's index of it."""
+    from hbt.data.sources import Source
+    from hbt.data.training import load_training_data
+    from hbt.sampling import LanguageIndex
+
+    data = load_training_data([Source(path=path)], cache_dir)
+    return data, LanguageIndex.from_arrays(data.languages, data.offsets, data.langs, data.passages)
+
+
+def _data_sampler(args: argparse.Namespace):
+    """The training data and the sampler that ``hbt data sample`` and ``hbt data plan`` share."""
+    import dataclasses
+
+    from hbt.sampling import HybridBatchSampler, SamplerConfig
+
+    cfg = SamplerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig)})
+    cfg.validate()  # before reading any data: a typo costs a second, not an index build
+    data, index = _training_index(args.path, args.cache_dir)
+    return data, HybridBatchSampler(index, cfg)
+
+
+def data_sample_command(args: argparse.Namespace) -> int:
+    _, sampler = _data_sampler(args)
+    cfg = sampler.cfg
+    for epoch in range(args.epochs):
+        mix = sampler.mix(epoch)
+        batches = sampler.plan(epoch)
+        mono = sum(n for k, n in mix.items() if k != "cross")
+        print(f"epoch {epoch}: {len(batches)} contrastive batches of {cfg.batch_size}, "
+              f"{mono} mono ({mono / max(1, len(batches)):.2f}), {mix['cross']} cross")
+        print("  mono per language: " + ", ".join(f"{k[5:]} {n}" for k, n in sorted(mix.items()) if k != "cross"))
+        for batch in batches[: args.show]:
+            langs = sorted({f"{q}->{p}" for _, q, p in batch.pairs})
+            print(f"  {batch.kind:5s} {len(batch.pairs)} pairs: {', '.join(langs[:6])}{' ...' if len(langs) > 6 else ''}")
+    return 0
+
+
+def data_plan_command(args: argparse.Namespace) -> int:
+    """One JSON line per global contrastive batch, with the corpus' own item ids."""
+    import json
+
+    if args.epochs < 1:
+        raise InputError("--epochs", f"must be at least 1, got {args.epochs}")
+    data, sampler = _data_sampler(args)
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    total = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for epoch in range(args.epochs):
+                plan = sampler.plan(epoch)
+                ids = data.item_ids(plan.items.ravel())  # one Arrow lookup per epoch
+                size = sampler.cfg.batch_size
+                for b in range(len(plan)):
+                    pairs = [[ids[b * size + n], q, p] for n, (_, q, p) in enumerate(plan.pairs(b))]
+                    kind = "mono" if plan.mono[b] else "cross"
+                    f.write(json.dumps({"epoch": epoch, "index": b, "kind": kind, "pairs": pairs}, ensure_ascii=False) + "\n")
+                total += len(plan)
+                mix = plan.mix()
+                print(f"epoch {epoch}: {len(plan)} contrastive batches of {sampler.cfg.batch_size}, "
+                      f"{len(plan) - mix['cross']} mono, {mix['cross']} cross")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(str(out), f"cannot write the plan: {e.strerror or e}") from None
+    tmp.replace(out)
+    print(f"wrote {total} batches ({args.epochs} epoch{'s' if args.epochs != 1 else ''}) to {out}")
+    return 0
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``hbt train``; :func:`hbt.cli.main` has installed the stop signals' handlers already."""
+    from hbt import signals
+    from hbt.config import load_config
+    from hbt.engine import Diverged
+    from hbt.train import start, train
+
+    cfg = load_config(args.config, args.overrides)
+    env = start(cfg)
+    try:
+        run_dir = train(cfg, env, resume=args.resume, accept_changes=args.accept_changes)
+    except signals.Preempted as e:
+        saved = f"checkpoint {e} written" if str(e) else "before training started (nothing new to save)"
+        print(f"hbt: pre-empted; {saved}, exit {signals.EXIT_PREEMPTED} to requeue", file=sys.stderr)
+        return signals.EXIT_PREEMPTED
+    except Diverged as e:
+        print(f"hbt: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # a collective failed: say which rank is gone, not a gloo/NCCL traceback
+        from hbt import dist as hdist
+
+        if not hdist.is_peer_failure(e):
+            raise
+        print(f"hbt: error: {lost_rank_report(e, Path(cfg.run.dir), env)}", file=sys.stderr)
+        return 1
+    if env.is_main:
+        print(f"run directory: {run_dir.resolve()}")
+    return 0
+
+
+def lost_rank_report(error: RuntimeError, run_dir: Path, env: DistEnv) -> str:
+    """One line, from this rank of ``env``, for a run whose peers are gone: who is lost,
+    why, what is safe on disk."""
+    from hbt import dist as hdist
+    from hbt.checkpoint import Checkpointer
+
+    lost = hdist.lost_ranks(env)
+    who = ("lost rank " + ", ".join(map(str, lost))) if lost else "lost rank 0 (the rendezvous host)" if lost is None else "a collective failed"
+    cause = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    latest = Checkpointer(run_dir / "checkpoints", keep=1, env=env).latest()
+    saved = f"last checkpoint {latest} in {run_dir / 'checkpoints'} is intact; the same command resumes from it" if latest else "no checkpoint yet"
+    return f"rank {env.rank} of {env.world_size}: {who} ({cause}); {saved}"
+
+
+def config_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from hbt.config import load_config
+
+    tree = load_config(args.config, args.overrides).to_dict()
+    if args.get is None:
+        print(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), end="")
+        return 0
+    node = tree
+    for part in args.get.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise InputError("--get", f"no config key {args.get!r}")
+        node = node[part]
+    print(node)
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from hbt.config import EvalConfig
+    from hbt.eval.standalone import EvalArgs, run_eval
+
+    settings = EvalConfig(settings=args.settings).setting_list()
+    out = Path(args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data.split(':')[0]).name}")
+    results, env = run_eval(EvalArgs(args.model, args.data, settings, out, args.holdout_titles, args.seed, args.pooling,
+                                     args.query_prefix, args.passage_prefix, args.max_length, args.k, args.batch_size, args.index))
+    if env.is_main:
+        print(", ".join(f"{k} {v:.4f}" for k, v in results["summary"].items()))
+        print(f"outputs: {out.resolve()}")
+    return 0
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``id=question_id,query=question`` as {hbt column: the data's column}."""
+    pairs = [part.split("=", 1) for part in (text or "").split(",") if part.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise InputError("--columns", f"expected hbt_column=your_column pairs separated by commas, got {text!r}")
+    return {ours.strip(): theirs.strip() for ours, theirs in pairs}
+
+
+def mine_command(args: argparse.Namespace) -> int:
+    from hbt.mine import MineArgs, MineSettings, parse_range, run_mine
+
+    languages = tuple(x.strip() for x in args.languages.split(",") if x.strip()) if args.languages else None
+    settings = MineSettings(k=args.k, range=parse_range(args.range), languages=languages,
+                            max_score_ratio=args.max_score_ratio, pick=args.pick, seed=args.seed,
+                            batch_size=args.batch_size, index=args.index)
+    settings.validate()
+    report, env = run_mine(MineArgs(args.model, args.data, Path(args.out), settings, args.pooling, args.query_prefix,
+                                    args.passage_prefix, args.max_length, args.format, args.with_scores, args.cache_dir,
+                                    parse_columns(args.columns), args.holdout_titles, args.holdout_seed))
+    if env.is_main:
+        c = report["counts"]
+        print(f"{c['written']:,} of {c['pairs']:,} pairs with hard negatives ({c['short']:,} with fewer than {args.k}, "
+              f"{c['filled']:,} filled from below the range); {c['false_negatives_skipped']:,} false negatives skipped")
+        print(f"outputs: {Path(args.out).resolve()}/{{{','.join(report['files'])},mine.json}}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from hbt.eval.report import compare
+
+    print(compare([Path(p) for p in args.runs], Path(args.out)), end="")
+    print(f"table and plot: {Path(args.out).resolve()}/report.{{md,csv,png}}")
+    return 0
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    from hbt.sweep import SweepSpec, collect, parse_alphas, run_sweep
+    from hbt.sweep_report import write_report
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    spec = SweepSpec(configs=args.config, alphas=parse_alphas(args.alphas, args.strategies), seeds=seeds, out=Path(args.out),
+                     overrides=args.overrides, zero_shot=args.zero_shot, executor=args.executor,
+                     tasks_per_node=args.tasks_per_node, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                     cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, partition=args.partition,
+                     max_parallel=args.max_parallel, wait_timeout_s=args.wait_timeout)
+    problems = []
+    if not args.report_only:
+        tick = time.monotonic()
+        problems = run_sweep(spec, log=lambda line: print(line, flush=True))
+        print(f"all jobs ended after {time.monotonic() - tick:.0f} s", flush=True)
+    print(write_report(collect(spec), spec.out), end="")
+    print(f"tables, curves and heatmaps: {spec.out.resolve()}/sweep.{{md,csv,png}}, heatmaps-*.png")
+    for line in problems:
+        print(f"hbt: {line}", file=sys.stderr)
+    return 1 if problems else 0

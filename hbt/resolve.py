@@ -1,0 +1,108 @@
+"""What a run's config means on this machine, decided once at start-up.
+
+Some keys of a config say how to decide rather than what: ``train.chunk_tokens=auto``
+and ``train.precision=auto`` depend on the device and the encoder, the per-rank batch on
+the world size, the run's optimizer steps on the epoch plans of its data, and the texts'
+prefixes and token limits sit in the model section. :func:`resolve` decides them once,
+after the encoder and the sampler exist and before the engine does. The checkpoint's
+fingerprint records what it decided (a run keeps its padding remedy and precision on
+resume), and the engine is handed the :class:`Resolved` instead of deciding again, so
+what the fingerprint says is what ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from hbt.config import Config, ModelConfig, TrainConfig
+from hbt.data.tokenize import TextSpec
+from hbt.dist import DistEnv
+from hbt.errors import InputError
+from hbt.padding import packable
+from hbt.sampling import HybridBatchSampler
+
+Padding = int | Literal["packed"] | None
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run's settings as they run (see :func:`resolve`)."""
+
+    padding: Padding  # train.chunk_tokens as it runs: packed, length-sorted chunks of N tokens, or None (one padded pass)
+    precision: Precision  # train.precision as it runs
+    per_rank_batch: int  # pairs of each contrastive batch on one rank
+    total_steps: int  # optimizer steps of the whole run: train.epochs, cut at train.max_steps
+    text: TextSpec  # the prefixes and token limits of queries and passages
+
+    @property
+    def chunk_tokens(self) -> int | None:
+        """The token budget of a side's length-sorted chunks; None for one pass per side
+        (one padded pass, or one packed row)."""
+        return None if self.padding == "packed" else self.padding
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    def config_as_run(self, cfg: Config) -> dict:
+        """``cfg`` as a dict with its ``auto`` keys as they run: what a fingerprint records.
+        (``config.yaml`` keeps the config as given.)"""
+        tree = cfg.to_dict()
+        tree["train"]["chunk_tokens"] = self.padding
+        tree["train"]["precision"] = self.precision
+        return tree
+
+
+def resolve(cfg: Config, env: DistEnv, encoder: torch.nn.Module, sampler: HybridBatchSampler) -> Resolved:
+    """Every setting of ``cfg`` that depends on this machine, the world size, the encoder
+    (whether it packs) or the data (its epoch plans in ``sampler``), decided once."""
+    t = cfg.train
+    return Resolved(padding=padding(t.chunk_tokens, gpu=torch.cuda.is_available(), packs=packable(encoder)),
+                    precision=precision(t.precision), per_rank_batch=per_rank_batch(t.batch_size, env.world_size),
+                    total_steps=total_steps(t, sampler), text=text_spec(cfg.model))
+
+
+def padding(chunk_tokens: int | Literal["auto", "packed"] | None, gpu: bool, packs: bool) -> Padding:
+    """``train.chunk_tokens`` on this device for an encoder that packing supports or not
+    (:mod:`hbt.padding`). ``auto`` on a CPU packs where it can (``hbt train`` on e5-small
+    ran faster packed than in one padded pass or in 512-token chunks, with the same
+    gradients) and otherwise takes 512-token chunks; on a GPU it is one padded pass, since
+    512-token chunks ran e5-small several times slower there (every chunk pays the kernel
+    launches of a whole pass) and packing is not measured there (BENCHMARKS §1)."""
+    if chunk_tokens == "auto":
+        return None if gpu else "packed" if packs else 512
+    if chunk_tokens == "packed" and not packs:
+        raise InputError("train.chunk_tokens", "packed needs a BERT, RoBERTa or XLM-R encoder with absolute positions; "
+                         "use auto or a number of tokens")
+    return chunk_tokens
+
+
+def precision(value: Literal["auto", "fp32", "bf16"]) -> Precision:
+    """``train.precision`` here: ``auto`` is bf16 on a GPU that supports it, else fp32."""
+    if value == "bf16" or (value == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        return "bf16"
+    return "fp32"
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the contrastive batch (the sampler refuses one that does not divide)."""
+    return batch_size // world_size
+
+
+def total_steps(train: TrainConfig, sampler: HybridBatchSampler) -> int:
+    """Optimizer steps of the whole run; epochs are planned only as far as needed."""
+    batches = 0
+    for epoch in range(train.epochs):
+        batches += len(sampler.plan(epoch))
+        if train.max_steps is not None and batches // train.grad_accum >= train.max_steps:
+            return train.max_steps
+    return batches // train.grad_accum
+
+
+def text_spec(model: ModelConfig) -> TextSpec:
+    """How the run's texts become token ids: the model section's prefixes and limits."""
+    return TextSpec(model.query_prefix, model.passage_prefix, model.max_query_length, model.max_passage_length)
