@@ -65,6 +65,12 @@ WALL_CLOCK = ("timings", "samples_per_s", "data_wait")
 # and those lie inside OUT_DIR, which differs between the two recordings.
 PATHS = ("model", "data")
 
+# Not inherited from the caller's shell: the thread count changes the order of float sums,
+# hence the losses' last bits (measured on 2 cores, tiny.yaml: step 2's loss is
+# 0x1.e917800000000p+1 with OMP_NUM_THREADS=1, 0x1.e9177c0000000p+1 with hbt's 2 threads).
+# Every step runs with hbt's own choice (cores / local ranks), torchrun with OMP_NUM_THREADS=1.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
 Step = Callable[[Path, Path, Path], None]  # (tree under test, files to compare, scratch)
 
 
@@ -73,10 +79,12 @@ Step = Callable[[Path, Path, Path], None]  # (tree under test, files to compare,
 
 def run(args: Sequence[str | Path], cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
     """Run one command in a fresh process (PYTHONPATH and the rest of the environment
-    inherited); its output goes to ``log``, whose tail is shown if it fails."""
+    inherited, bar ``THREAD_VARIABLES``; ``env`` added); its output goes to ``log``, whose
+    tail is shown if it fails."""
+    inherited = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     with log.open("w", encoding="utf-8") as out:
         code = subprocess.run([str(a) for a in args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, **(env or {})}).returncode
+                              env={**inherited, **(env or {})}).returncode
     if code:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:]
         sys.exit("\n".join([f"failed (exit {code}): {' '.join(map(str, args))}", *tail, f"full log: {log}"]))

@@ -85,6 +85,29 @@ def test_jsonl_loader(tmp_path: Path) -> None:
     assert len(en) == 1 and en[0].item_ids == {"a", "b"}
 
 
+def test_one_relevance_for_evaluation_and_mining(tmp_path: Path) -> None:
+    """hbt.relevance: a shared positive is one candidate answering both items; the layout
+    lists, per query, its relevant candidates in every language (evaluation) and, per
+    pool, those of that pool alone (mining's exclusion)."""
+    from hbt.relevance import CandidateLayout, positive_pools
+
+    pools = positive_pools([("en", "a", "t1", "p"), ("fr", "a", "t1", "p fr"), ("en", "b", "t2", "p"), ("en", "c", "t3", "q")])
+    assert pools == {"en": [("p", "t1", frozenset({"a", "b"})), ("q", "t3", frozenset({"c"}))],
+                     "fr": [("p fr", "t1", frozenset({"a"}))]}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "lang": lang, "query": f"{i} {lang}", "positive": text, "title": t}) + "\n"
+                            for lang, i, t, text in [("en", "a", "t1", "p"), ("fr", "a", "t1", "p fr"), ("en", "b", "t2", "p"),
+                                                     ("en", "c", "t3", "q")]))
+    rs = load_corpus(str(path)).retrieval
+    layout = CandidateLayout.of(rs.candidates, ["a", "b", "c", "x"])
+    assert layout.langs == ["en", "fr"] and layout.texts == ["p", "q", "p fr"] and layout.start.tolist() == [0, 2, 3]
+    assert layout.lang.tolist() == [0, 0, 1] and layout.ids == ["en/0", "en/1", "fr/0"]
+    assert layout.relevant.tolist() == [[0, 2], [0, -1], [1, -1], [-1, -1]]
+    assert layout.relevant_in(0) == [[0], [0], [1], []] and layout.relevant_in(1, slice(0, 2)) == [[2], []]
+    only_fr = CandidateLayout.of(rs.candidates, ["a"], ["fr"])
+    assert only_fr.texts == ["p fr"] and only_fr.relevant.tolist() == [[0]]
+
+
 def test_synthetic_is_deterministic_and_scripts_are_disjoint() -> None:
     spec = SyntheticSpec(items=300, languages=12, seed=3)
     a, b = synthetic_corpus(spec), synthetic_corpus(spec)

@@ -143,6 +143,37 @@ def test_language_filter_and_holdout_by_title(tmp_path: Path) -> None:
     assert {q.item_id for qs in held.retrieval.queries.values() for q in qs} == {i.id for i in held.items}
 
 
+def test_the_held_out_corpus_is_its_rows_read_as_one_jsonl_file(tmp_path: Path) -> None:
+    """The held-out rows of a shard source become a corpus through the one table ->
+    corpus converter: the same items and retrieval view as those rows in a JSONL file
+    (whose loader checks every row), and the same checks: a bad language code in a
+    held-out row (which training, reading only its own rows, never looks at) is an error."""
+    rows = rows_of()
+    folder = write_parquet(rows, tmp_path / "pq", shards=1)
+    data = load_training_data([Source(path=str(folder))], str(tmp_path / "cache"), holdout=0.2)
+    held = data.held_out
+    titles = set(held.titles)
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["title"] in titles))
+    expected = load_corpus(str(tmp_path / "held.jsonl"))
+    assert held.name == f"{folder}-heldout" and held.items == expected.items and held.retrieval == expected.retrieval
+    bad = next(n for n, r in enumerate(rows) if r["title"] in titles)
+    rows[bad]["lang"] = "xx"
+    folder = write_parquet(rows, tmp_path / "bad", shards=1)
+    with pytest.raises(InputError, match=rf"bad row {bad} field 'lang': unknown language code 'xx'"):
+        load_training_data([Source(path=str(folder))], str(tmp_path / "cache"), holdout=sorted(titles))
+
+
+def test_pair_rows_are_the_rows_of_those_items_and_languages(tmp_path: Path) -> None:
+    data = load(write_parquet(rows_of(), tmp_path / "pq"), tmp_path)
+    items = np.repeat(np.arange(data.n_items), np.diff(data.offsets))
+    order = np.random.default_rng(0).permutation(len(items))
+    items, langs = items[order], np.asarray(data.langs)[order]
+    rows = data.pair_rows(items, langs)
+    assert rows.dtype == np.int64 and len(data.pair_rows(items[:0], langs[:0])) == 0
+    assert data.column("id", rows) == data.item_ids(items)
+    assert data.column("lang", rows) == [data.languages[c] for c in langs]
+
+
 def test_the_index_is_built_once_and_read_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hbt.data import training
 

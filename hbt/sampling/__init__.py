@@ -25,12 +25,12 @@ import numpy as np
 
 from hbt.errors import InputError
 from hbt.sampling.index import LanguageIndex
-from hbt.sampling.plan import ContrastiveBatch, EpochPlan, EpochPlanner, PairKey, RankPlan
+from hbt.sampling.plan import EpochPlan, EpochPlanner, PairKey, RankPlan
 from hbt.sampling.policy import language_weights
 from hbt.sampling.settings import SamplerConfig
 
-__all__ = ["ContrastiveBatch", "EpochPlan", "EpochPlanner", "HybridBatchSampler", "LanguageIndex", "PairKey", "RankPlan",
-           "SamplerConfig", "language_weights"]
+__all__ = ["EpochPlan", "EpochPlanner", "HybridBatchSampler", "LanguageIndex", "PairKey", "RankPlan", "SamplerConfig",
+           "language_weights"]
 
 
 def _check_pools(index: LanguageIndex, cfg: SamplerConfig) -> None:
