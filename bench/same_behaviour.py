@@ -7,9 +7,9 @@ writes what they produce under ``OUT_DIR/files``:
 * ``plans/``: ``hbt data plan`` dumps (3 epochs) of XQuAD-R (batch 24) and of a synthetic
   corpus with hard negatives (batch 48), at alpha 0, 0.5 and 1; and what each rank reads
   of every batch at world sizes 1 and 3, from the sampler ``hbt train`` builds
-  (``training_data`` + ``sampler_for``, ``configs/tiny.yaml`` with
-  ``train.hard_negatives=3`` for the synthetic corpus: the sampler's blocking of hard
-  negatives). The synthetic corpus has no negatives of its own, so they are mined with
+  (``training_data`` + ``sampler_for``, ``configs/tiny.yaml`` on that data, its
+  ``data.holdout_titles: 0.2`` included; ``train.hard_negatives=3`` for the synthetic
+  corpus: the sampler's blocking of hard negatives, which changes its plans). The synthetic corpus has no negatives of its own, so they are mined with
   the model trained below;
 * ``mine/``: ``hbt mine`` (default settings) on XQuAD-R (en, de) and on that synthetic
   corpus: ``train.jsonl`` as written, ``mine.json``;

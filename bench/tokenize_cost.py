@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from benchlib import machine
 from data_scale import write_corpus
 import datasets

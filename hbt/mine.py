@@ -116,7 +116,7 @@ class MineLayout:
 
     @classmethod
     def of(cls, corpus: Corpus, languages: tuple[str, ...] | None, source: str) -> "MineLayout":
-        langs = mined_languages(corpus, languages, source)
+        langs = _mined_languages(corpus, languages, source)
         pairs = [(i, lang) for lang in langs for i, item in enumerate(corpus.items) if lang in item.pairs]
         cands = CandidateLayout.of(corpus.retrieval.candidates, [corpus.items[i].id for i, _ in pairs], langs)
         q_start = np.searchsorted([langs.index(lang) for _, lang in pairs], np.arange(len(langs) + 1))
@@ -142,7 +142,7 @@ class MineLayout:
                    np.array(positive, dtype=np.int64), cands)
 
 
-def mined_languages(corpus: Corpus, languages: tuple[str, ...] | None, source: str) -> list[str]:
+def _mined_languages(corpus: Corpus, languages: tuple[str, ...] | None, source: str) -> list[str]:
     """The pool languages to mine for: ``--languages`` (each checked), else every language
     that has both pairs and a candidate pool."""
     if not corpus.items:
