@@ -8,12 +8,23 @@ atomically: a crash or SIGKILL at any moment leaves the previous checkpoint and 
 intact. Every ``step-*`` directory is therefore complete, and :meth:`Checkpointer.latest`
 falls back to the newest of them when the pointer is missing or names a directory that
 is gone.
+
+A checkpoint is complete or it does not count: the last file written inside the
+temporary directory, before the rename, is ``manifest.json`` (every file's name and
+size), and :meth:`Checkpointer.latest` picks the newest checkpoint whose manifest
+verifies, so a file deleted or truncated afterwards (a full disk, a half-copied run
+directory, a cleanup script) makes ``--resume auto`` fall back to the previous complete
+checkpoint and say so instead of resuming inexactly or failing inside DeepSpeed. Sizes,
+not hashes: hashing gigabytes of optimizer state at every checkpoint would cost more
+than the truncations and deletions it is there to catch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +34,34 @@ import torch
 
 from hbt import fingerprint as run_fingerprint
 from hbt.dist import DistEnv, barrier
+
+
+MANIFEST = "manifest.json"
+TAG = re.compile(r"step-\d{8}")
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file of the checkpoint in ``folder`` with its size (written last)."""
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def incomplete(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be resumed from, or None when every file its
+    manifest lists is there with its size."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return "no manifest.json (unfinished, or written by an hbt older than manifests)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "manifest.json is unreadable"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -83,21 +122,31 @@ class Checkpointer:
         return self.root / "latest"
 
     def tags(self) -> list[str]:
-        """Every complete checkpoint, oldest first (``tmp-*`` ones are unfinished)."""
-        return sorted(p.name for p in self.root.glob("step-*") if p.is_dir())
+        """Every renamed checkpoint, oldest first (``tmp-*`` ones are unfinished), complete or not."""
+        return sorted(p.name for p in self.root.glob("step-*") if p.is_dir() and TAG.fullmatch(p.name))
+
+    def complete(self) -> list[str]:
+        """The checkpoints whose manifest verifies, oldest first."""
+        return [t for t in self.tags() if incomplete(self.root / t) is None]
 
     def latest(self) -> str | None:
-        """The tag ``latest`` names, or, when it is missing or names a checkpoint that is
-        gone, the newest complete one; None when there is none."""
-        tag = self.pointer.read_text().strip() if self.pointer.exists() else ""
-        if tag and (self.root / tag).is_dir():
+        """The complete checkpoint ``latest`` names, or, when it is missing, names no
+        complete checkpoint (or is not a tag at all), the newest complete one; None when
+        there is none."""
+        complete = self.complete()
+        tag = self.pointer.read_text().strip() if self.pointer.is_file() else ""
+        if tag in complete:
             return tag
-        tags = self.tags()
-        return tags[-1] if tags else None
+        return complete[-1] if complete else None
+
+    def skipped(self, chosen: str | None) -> list[str]:
+        """Each checkpoint newer than ``chosen`` that resuming passes over, with why."""
+        return [f"{t} ({incomplete(self.root / t)})" for t in self.tags()
+                if (chosen is None or t > chosen) and incomplete(self.root / t) is not None]
 
     def newest_before(self, step: int) -> str | None:
-        """The newest checkpoint of an optimizer step < ``step``."""
-        older = [t for t in self.tags() if int(t.split("-")[1]) < step]
+        """The newest complete checkpoint of an optimizer step < ``step``."""
+        older = [t for t in self.complete() if int(t.split("-")[1]) < step]
         return older[-1] if older else None
 
     def point_to(self, tag: str) -> None:
@@ -117,6 +166,7 @@ class Checkpointer:
         if self.rank == 0:
             if self.fingerprint is not None:
                 run_fingerprint.write(self.root / tmp, self.fingerprint)
+            write_manifest(self.root / tmp)
             _fsync_tree(self.root / tmp)
             shutil.rmtree(self.root / tag, ignore_errors=True)
             os.replace(self.root / tmp, self.root / tag)
@@ -135,7 +185,5 @@ class Checkpointer:
     def load(self, engine, tag: str) -> dict:
         _, client_state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
                                                  load_lr_scheduler_states=True)
-        rng_file = self.root / tag / f"rng-rank{self.rank}.pt"
-        if rng_file.exists():  # absent when resuming with more ranks than saved
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(torch.load(self.root / tag / f"rng-rank{self.rank}.pt", weights_only=False))
         return client_state

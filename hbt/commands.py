@@ -48,7 +48,8 @@ def _data_sampler(args: argparse.Namespace):
     """The training data and the sampler that ``hbt data sample`` and ``hbt data plan`` share."""
     import dataclasses
 
-    from hbt.sampling import HybridBatchSampler, SamplerConfig
+    from hbt.config import SamplerConfig
+    from hbt.sampling import HybridBatchSampler
 
     cfg = SamplerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig)})
     cfg.validate()  # before reading any data: a typo costs a second, not an index build

@@ -20,7 +20,6 @@ import yaml
 
 from hbt.data.sources import Source
 from hbt.errors import InputError
-from hbt.sampling import SamplerConfig
 
 
 @dataclass
@@ -70,6 +69,38 @@ class ModelConfig:
     max_passage_length: int = 64
     dropout: float | None = None  # override the encoder's hidden/attention dropout (tiny: 0.1)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The sampler's settings (``train.*`` in a config, ``seed`` from ``run.seed``),
+    checked before any data is read. Their one definition: :class:`TrainConfig`'s
+    sampler keys and the options of ``hbt data sample`` / ``hbt data plan`` are made
+    from these fields."""
+
+    batch_size: int  # the contrastive batch: per-rank batch x world size
+    alpha: float = 0.5
+    mix: Literal["exact", "bernoulli"] = "exact"
+    language_policy: Literal["proportional", "uniform", "temperature"] = "proportional"
+    language_temperature: float = 1.0
+    remainder: Literal["drop", "carry"] = "drop"
+    seed: int = 0
+    same_source: bool = False  # every contrastive batch from one source of a mixture
+
+    def validate(self) -> None:
+        """The choices of the Literal fields, from their type hints (a config's loader and
+        the command line check them the same way before this runs; a SamplerConfig built
+        in code is checked here), then the ranges, which only this checks."""
+        hints = typing.get_type_hints(SamplerConfig)
+        for f in dataclasses.fields(self):
+            if typing.get_origin(hints[f.name]) is Literal:
+                _check_choice(getattr(self, f.name), hints[f.name], f"train.{f.name}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError("train.batch_size", f"must be a positive integer, got {self.batch_size!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InputError("train.alpha", f"must be in [0, 1], got {self.alpha}")
+        if not self.language_temperature > 0:
+            raise InputError("train.language_temperature", f"must be > 0, got {self.language_temperature}")
 
 
 SAMPLER_KEYS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.name != "seed")  # train.<name>; seed is run.seed
@@ -231,9 +262,7 @@ def _check(value: Any, hint: Any, key: str) -> Any:
         k_hint, v_hint = typing.get_args(hint)
         return {_check(k, k_hint, f"{key}.{k}"): _check(v, v_hint, f"{key}.{k}") for k, v in value.items()}
     if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise InputError(key, f"must be one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
-        return value
+        return _check_choice(value, hint, key)
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(hint):
@@ -257,6 +286,13 @@ def _check(value: Any, hint: Any, key: str) -> Any:
             return number
     if hint is bool and not isinstance(value, bool) or hint is not bool and isinstance(value, bool) or not isinstance(value, hint):
         raise InputError(key, f"should be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_choice(value: Any, hint: Any, key: str) -> Any:
+    """``value`` if it is one of the choices of the Literal ``hint``, else an error naming ``key``."""
+    if value not in typing.get_args(hint):
+        raise InputError(key, f"must be one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
     return value
 
 

@@ -22,7 +22,7 @@ from hbt.data.tokenize import TextSpec
 from hbt.dist import DistEnv
 from hbt.errors import InputError
 from hbt.padding import packable
-from hbt.sampling import HybridBatchSampler
+from hbt.sampling import HybridBatchSampler, per_rank_batch
 
 Padding = int | Literal["packed"] | None
 Precision = Literal["fp32", "bf16"]
@@ -86,11 +86,6 @@ def precision(value: Literal["auto", "fp32", "bf16"]) -> Precision:
     if value == "bf16" or (value == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         return "bf16"
     return "fp32"
-
-
-def per_rank_batch(batch_size: int, world_size: int) -> int:
-    """Each rank's share of the contrastive batch (the sampler refuses one that does not divide)."""
-    return batch_size // world_size
 
 
 def total_steps(train: TrainConfig, sampler: HybridBatchSampler) -> int:

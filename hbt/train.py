@@ -16,6 +16,7 @@ from hbt import dist as hdist
 from hbt import fingerprint as run_fingerprint
 from hbt import signals
 from hbt.card import write_card
+from hbt.checkpoint import MANIFEST, TAG, Checkpointer, incomplete
 from hbt.config import Config, save_config
 from hbt.data import RetrievalSet, load_corpus, split_corpus
 from hbt.data.tokenize import PairTokenizer, tokenizer_fingerprint
@@ -23,8 +24,9 @@ from hbt.data.training import TrainingData, load_training_data
 from hbt.errors import InputError
 from hbt.model import BiEncoder, build_tiny, export, load_pretrained
 from hbt.monitor import rewind
-from hbt.resolve import per_rank_batch, precision, resolve
-from hbt.sampling import HybridBatchSampler, LanguageIndex
+from hbt.runlock import RunLock
+from hbt.resolve import precision, resolve
+from hbt.sampling import HybridBatchSampler, LanguageIndex, per_rank_batch
 
 
 TOKENIZER_SAMPLE = 200_000  # pairs the tiny preset's tokenizer is trained on, at most
@@ -86,14 +88,34 @@ def _stop_if_signalled() -> None:
         raise signals.Preempted()
 
 
-def resume_tag(checkpointer, resume: str, run_dir: Path) -> str | None:
-    """The checkpoint ``--resume`` asks for: auto (latest, if any), never, or a tag."""
+def resume_tag(checkpointer: Checkpointer, resume: str, run_dir: Path, env: hdist.DistEnv) -> str | None:
+    """The checkpoint ``--resume`` asks for: auto (the newest complete one, if any), never,
+    or a tag. Auto names on stderr every newer checkpoint it passes over and why, and
+    refuses when checkpoints exist but none is complete (starting over would overwrite
+    them). A tag must be complete too, except one written before checkpoints had manifests,
+    which loads with a warning: the user named it."""
     latest = checkpointer.latest()
-    if resume == "never" and latest:
-        raise InputError("--resume", f"{run_dir} already has checkpoint {latest}; use --resume auto or another run.dir")
-    if resume not in ("auto", "never") and not (checkpointer.root / resume).is_dir():
+    if resume == "never":
+        if checkpointer.tags():
+            raise InputError("--resume", f"{run_dir} already has checkpoint {checkpointer.tags()[-1]}; use --resume auto or another run.dir")
+        return None
+    if resume == "auto":
+        skipped = checkpointer.skipped(latest)
+        if skipped and latest is None:
+            raise InputError("--resume", f"no complete checkpoint in {checkpointer.root}: {'; '.join(skipped)}; resume one "
+                                         "written before manifests by its tag, or start a new run.dir")
+        if skipped and env.is_main:
+            print(f"hbt: skipping incomplete checkpoint{'s' if len(skipped) > 1 else ''} {'; '.join(skipped)}", file=sys.stderr)
+        return latest
+    folder = checkpointer.root / resume
+    if not (TAG.fullmatch(resume) and folder.is_dir()):
         raise InputError("--resume", f"no checkpoint {resume} in {checkpointer.root}")
-    return latest if resume == "auto" else None if resume == "never" else resume
+    reason = incomplete(folder)
+    if reason is not None and (folder / MANIFEST).exists():
+        raise InputError("--resume", f"{folder} is incomplete: {reason}")
+    if reason is not None and env.is_main:
+        print(f"hbt: warning: {folder} has {reason}; loading it as named", file=sys.stderr)
+    return resume
 
 
 def check_fingerprint(checkpoint: Path, current: dict, accept_changes: bool) -> None:
@@ -144,6 +166,29 @@ def train(cfg: Config, env: hdist.DistEnv, resume: str = "auto", accept_changes:
     """Train, evaluate and export the run ``cfg`` describes, on this rank of ``env``
     (from :func:`start`); returns the run directory."""
     run_dir = Path(cfg.run.dir)
+    lock = lock_run_dir(run_dir, env)
+    try:
+        return _train(cfg, env, run_dir, resume, accept_changes)
+    finally:
+        lock.release()
+
+
+def lock_run_dir(run_dir: Path, env: hdist.DistEnv) -> RunLock:
+    """Rank 0 takes the run directory's lock before anything is written into it; every
+    rank learns whether it got it, so a refused job ends on all ranks with the same line."""
+    lock = RunLock(run_dir)
+    refusal = None
+    if env.is_main:
+        try:
+            lock.acquire()
+        except InputError as e:
+            refusal = e
+    if hdist.all_max([float(refusal is not None)])[0]:
+        raise refusal or InputError("run.dir", f"{run_dir} is in use by another job (rank 0 could not lock it)")
+    return lock
+
+
+def _train(cfg: Config, env: hdist.DistEnv, run_dir: Path, resume: str, accept_changes: bool) -> Path:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         launch = {"launcher": env.launcher, "world_size": env.world_size,
@@ -169,7 +214,7 @@ def train(cfg: Config, env: hdist.DistEnv, resume: str = "auto", accept_changes:
 
     engine = Engine(cfg, env, resolved, BiEncoder(encoder, cfg.model.pooling), data,
                     PairTokenizer(tokenizer, resolved.text, cfg.train.hard_negatives), sampler, run_dir, fingerprint=fp)
-    tag = resume_tag(engine.checkpointer, resume, run_dir)
+    tag = resume_tag(engine.checkpointer, resume, run_dir, env)
     if tag:
         check_fingerprint(engine.checkpointer.root / tag, fp, accept_changes)
         engine.resume(tag)

@@ -1,17 +1,14 @@
-"""Shared fixtures. ``../shared`` (data and models that cannot be fetched) sits beside the
-repository on developer machines and in CI; a user's fresh clone may not have it, so
-tests that need it skip with a reason instead of failing."""
+"""The test environment and the fixtures several modules share. The fixtures import
+tests/helpers.py only when they run: it imports torch and hbt (seconds), which must
+come after the environment set-up below, and which pytest-xdist's controller (it loads
+this file too) never needs."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two test workers share the cores: every process a test starts (and this worker's own
@@ -22,25 +19,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # A process a test starts that dies in native code (a torchrun worker's SIGSEGV) prints
 # its Python stack, so a crash in CI names its frame.
 os.environ.setdefault("PYTHONFAULTHANDLER", "1")
-SHARED = ROOT.parent / "shared"
-XQUAD_R = SHARED / "data" / "xquad-r"
-ME5_SMALL = SHARED / "models" / "me5-small-xquad"
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is absent (it lives in ../shared beside the repository)")
-    return path
 
 
 @pytest.fixture
 def xquad_r() -> Path:
+    from tests.helpers import XQUAD_R, need
+
     return need(XQUAD_R)
 
 
-def run_hbt(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the ``hbt`` command line as a user would, in a fresh interpreter."""
-    return subprocess.run(
-        [sys.executable, "-m", "hbt", *args], capture_output=True, text=True, cwd=cwd or ROOT,
-        env={**os.environ, **(env or {})}, timeout=timeout,
-    )
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    """One process of ``hbt train``, 12 steps without dropout: the losses every multi-rank
+    launcher (torchrun, accelerate, mpirun, two Slurm nodes) must reproduce."""
+    from tests.helpers import ok, overrides, run_hbt
+
+    tmp = tmp_path_factory.mktemp("single")
+    ok(run_hbt("train", *overrides(tmp, "run", "model.dropout=0.0", "train.max_steps=12")))
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def single_eval() -> dict:
+    """The evaluation of tests/helpers.py's tiny encoder in this process: the reference of
+    the multi-rank evaluation and of the evaluation in tiny blocks."""
+    from tests.helpers import eval_world
+
+    return eval_world(1)

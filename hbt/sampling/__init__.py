@@ -9,11 +9,12 @@ every query and passage in it) or *cross-lingual* (every pair's query language d
 from its passage language), and holds at most one item per answer group, so no passage
 (nor hard negative) of a batch is relevant to another query of it.
 
-The modules, down the data path: :mod:`~hbt.sampling.settings` (the settings),
-:mod:`~hbt.sampling.csr` (CSR row operations), :mod:`~hbt.sampling.blocking` (hard
-negatives kept apart), :mod:`~hbt.sampling.index` (the arrays), :mod:`~hbt.sampling.policy`
-(the seeded draws), :mod:`~hbt.sampling.fill` (greedy filling), :mod:`~hbt.sampling.plan`
-(one epoch's plan) and this facade: the plans of a run, its cursor and resume.
+The settings are :class:`hbt.config.SamplerConfig` (re-exported here). The modules,
+down the data path: :mod:`~hbt.sampling.csr` (CSR row operations),
+:mod:`~hbt.sampling.blocking` (hard negatives kept apart), :mod:`~hbt.sampling.index`
+(the arrays), :mod:`~hbt.sampling.policy` (the seeded draws), :mod:`~hbt.sampling.fill`
+(greedy filling), :mod:`~hbt.sampling.plan` (one epoch's plan) and this facade: the
+plans of a run, each rank's slice of them, the cursor and resume.
 """
 
 from __future__ import annotations
@@ -23,14 +24,20 @@ from dataclasses import asdict
 
 import numpy as np
 
+from hbt.config import SamplerConfig
 from hbt.errors import InputError
 from hbt.sampling.index import LanguageIndex
 from hbt.sampling.plan import EpochPlan, EpochPlanner, PairKey, RankPlan
 from hbt.sampling.policy import language_weights
-from hbt.sampling.settings import SamplerConfig
 
 __all__ = ["EpochPlan", "EpochPlanner", "HybridBatchSampler", "LanguageIndex", "PairKey", "RankPlan", "SamplerConfig",
-           "language_weights"]
+           "language_weights", "per_rank_batch"]
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the contrastive batch: the slots of every batch a rank reads
+    (:class:`HybridBatchSampler` refuses a batch size the world size does not divide)."""
+    return batch_size // world_size
 
 
 def _check_pools(index: LanguageIndex, cfg: SamplerConfig) -> None:
@@ -62,7 +69,7 @@ class HybridBatchSampler:
         _check_pools(index, cfg)
         self.index, self.cfg = index, cfg
         self.world_size, self.rank = world_size, rank
-        self.per_rank = cfg.batch_size // world_size
+        self.per_rank = per_rank_batch(cfg.batch_size, world_size)
         self._planner = EpochPlanner(index, cfg)
         self._plans: dict[int, EpochPlan] = {}
         self.epoch = 0

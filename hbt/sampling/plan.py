@@ -10,11 +10,11 @@ from typing import Iterator, Literal, Sequence, overload
 
 import numpy as np
 
+from hbt.config import SamplerConfig
 from hbt.sampling.blocking import SlotLanguages
 from hbt.sampling.fill import FilledBatches, fill_batches
 from hbt.sampling.index import LanguageIndex
 from hbt.sampling.policy import Draw, batch_kinds, cross_languages, draws, epoch_order, language_weights, source_alpha
-from hbt.sampling.settings import SamplerConfig
 
 PairKey = tuple[int, str, str]  # (item index, query language, passage language)
 

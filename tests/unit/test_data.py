@@ -1,4 +1,5 @@
-"""Data layer: LAReQA and JSONL loaders, the synthetic corpus, title splits, stats."""
+"""Data layer: LAReQA and JSONL loaders, the synthetic corpus, title splits (``hbt data
+stats`` is in tests/integration/test_cli.py)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,10 @@ import pytest
 
 from hbt.data import holdout_titles, load_corpus, split_by_title
 from hbt.data.synthetic import SyntheticSpec, synthetic_corpus
-from tests.conftest import run_hbt
+from tests.helpers import lareqa_doc, paragraph
 
 XQUAD_CANDIDATES = {"ar": 1222, "de": 1276, "el": 1234, "en": 1180, "es": 1215, "hi": 1244,
                     "ru": 1219, "th": 852, "tr": 1167, "vi": 1209, "zh": 1196}
-
-
-def lareqa_doc(paragraphs: list[dict], title: str = "T") -> dict:
-    return {"data": [{"title": title, "paragraphs": paragraphs}]}
-
-
-def paragraph(sentences: list[str], qas: list[tuple[str, str, int]]) -> dict:
-    breaks, pos = [], 0
-    for s in sentences:
-        breaks.append([pos, pos + len(s)])
-        pos += len(s) + 1
-    return {"context": " ".join(sentences), "sentences": sentences, "sentence_breaks": breaks,
-            "qas": [{"id": i, "question": q, "answers": [{"text": "x", "answer_start": a}]} for i, q, a in qas]}
 
 
 @pytest.fixture
@@ -59,14 +47,6 @@ def test_xquad_r_counts(xquad_r: Path) -> None:
     # Every question has exactly one relevant candidate per language.
     for lang, cands in corpus.retrieval.candidates.items():
         assert sum(len(c.item_ids) for c in cands) == 1190, lang
-
-
-def test_data_stats_cli_prints_xquad_table(xquad_r: Path) -> None:
-    out = run_hbt("data", "stats", str(xquad_r))
-    assert out.returncode == 0, out.stderr
-    assert "| th | 1,190 | 1,190 | 852 |" in out.stdout
-    assert "| de | 1,190 | 1,190 | 1,276 |" in out.stdout
-    assert "| all | 1,190 | 13,090 | 13,014 |" in out.stdout
 
 
 def test_jsonl_loader(tmp_path: Path) -> None:

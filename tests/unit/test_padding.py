@@ -17,7 +17,7 @@ from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertMod
 
 from hbt import padding
 from hbt.model import BiEncoder
-from tests.conftest import ME5_SMALL, need
+from tests.helpers import ME5_SMALL, need
 
 FAMILIES = {"bert": (BertConfig, BertModel), "roberta": (RobertaConfig, RobertaModel), "xlm-roberta": (XLMRobertaConfig, XLMRobertaModel)}
 PAD = 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import configparser
 import re
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # Distribution name -> the module hbt imports it as.
 MODULE_OF = {"pyyaml": "yaml", "faiss-cpu": "faiss", "tensorboard": "torch.utils.tensorboard", "mpi4py": "mpi4py"}

@@ -1,4 +1,5 @@
-"""The command line lists its subcommands, and every subcommand has --help."""
+"""The command line lists its subcommands, every subcommand has --help, and the ``hbt
+data`` commands print and write what the data layer and the sampler give."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_hbt
+from tests.helpers import index_of_corpus, run_hbt
 
 SUBCOMMANDS = [["data"], ["data", "stats"], ["data", "sample"], ["data", "plan"], ["config"], ["train"], ["eval"], ["mine"], ["report"], ["sweep"]]
 
@@ -31,6 +32,14 @@ def test_data_sample_prints_the_mix() -> None:
     assert "epoch 0: 25 contrastive batches of 16, 6 mono (0.24), 19 cross" in out.stdout
 
 
+def test_data_stats_cli_prints_xquad_table(xquad_r: Path) -> None:
+    out = run_hbt("data", "stats", str(xquad_r))
+    assert out.returncode == 0, out.stderr
+    assert "| th | 1,190 | 1,190 | 852 |" in out.stdout
+    assert "| de | 1,190 | 1,190 | 1,276 |" in out.stdout
+    assert "| all | 1,190 | 13,090 | 13,014 |" in out.stdout
+
+
 def lareqa_with_shared_answers(root: Path, paragraphs: int = 16) -> Path:
     """en/de/fr files: in every paragraph two questions share one answer sentence (in every
     language, as in XQuAD-R) and a third has its own."""
@@ -52,7 +61,6 @@ def lareqa_with_shared_answers(root: Path, paragraphs: int = 16) -> Path:
 def test_data_plan_writes_every_batch_with_item_ids(tmp_path: Path, alpha: str) -> None:
     from hbt.data import load_corpus
     from hbt.sampling import HybridBatchSampler, SamplerConfig
-    from tests.helpers import index_of_corpus
 
     data = lareqa_with_shared_answers(tmp_path)
     out = tmp_path / "plan.jsonl"

@@ -16,7 +16,7 @@ from hbt.dist import detect, first_host
 from hbt.errors import InputError
 from hbt.resolve import padding, precision
 from hbt.sampling import SamplerConfig
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_shipped_configs_load_and_baselines_differ_only_in_alpha() -> None:

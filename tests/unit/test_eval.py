@@ -1,78 +1,29 @@
-"""Distributed evaluation: 1, 2 and 3 ranks give the single-process brute-force results;
-metrics agree with ir-measures (pytrec_eval); language bias on a hand-computed case;
-blocked exact ranks agree with a plain-Python definition, and block sizes change nothing."""
+"""Evaluation in one process: metrics agree with ir-measures (pytrec_eval) and top-k lists
+with a brute-force ranking; language bias on a hand-computed case; blocked exact ranks
+agree with a plain-Python definition, and block sizes change nothing. That 2 and 3 ranks
+give these results is tests/integration/test_eval_ranks.py."""
 
 from __future__ import annotations
-
-import os
-import tempfile
 
 import ir_measures
 import numpy as np
 import pytest
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ir_measures import AP, RR, R, nDCG
 
 from hbt.data import load_corpus
 from hbt.data.corpus import RetrievalSet
-from hbt.data.tokenize import TextSpec
 from hbt.dist import detect
 from hbt.errors import InputError
 from hbt.eval.bias import language_bias
 from hbt.eval.encode import encode, shard_bounds
 from hbt.eval.metrics import metrics_from_ranks
 from hbt.eval.run import EvalLayout, evaluate
-from hbt.eval.search import Block, distributed_topk, exact_counts, relevant_scores, spans
-from hbt.model import BiEncoder, build_tiny
+from hbt.eval.search import Block, exact_counts, relevant_scores, spans
+from tests.helpers import EVAL_CORPUS, EVAL_SPEC, eval_model_and_tokenizer
 
-pytestmark = pytest.mark.xdist_group("eval")  # one worker: its module fixture is built once
-
-SPEC = TextSpec(max_query_length=16, max_passage_length=32)
-CORPUS = "synthetic:items=120,languages=3,coverage=0.7,seed=5"
-
-
-def model_and_tokenizer():
-    corpus = load_corpus(CORPUS)
-    texts = [t for i in corpus.items for p in i.pairs.values() for t in (p.query, p.passage)]
-    encoder, tokenizer = build_tiny(texts, 3000, 32, 2, 4, 64, 34, seed=0)
-    return BiEncoder(encoder).eval(), tokenizer, corpus.retrieval
-
-
-def _worker(rank: int, world: int, init: str, out: str) -> None:
-    torch.set_num_threads(1)
-    if world > 1:
-        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    env = detect({"RANK": str(rank), "WORLD_SIZE": str(world)})
-    model, tokenizer, rs = model_and_tokenizer()
-    result = evaluate(model, tokenizer, rs, SPEC, env, k=10, progress=False)
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((1001, 16)).astype(np.float32)
-    queries = rng.standard_normal((37, 16)).astype(np.float32)
-    a, b = shard_bounds(len(vectors), rank, world)
-    topk = distributed_topk(queries, vectors[a:b], np.arange(a, b), 25, env)
-    if rank == 0:
-        torch.save({"result": result, "topk": topk}, out)
-    if world > 1:
-        dist.destroy_process_group()
-
-
-def run_world(world: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "out.pt")
-        if world == 1:
-            _worker(0, 1, "", out)
-        else:
-            mp.spawn(_worker, args=(world, f"file://{tmp}/rendezvous", out), nprocs=world, join=True)
-        return torch.load(out, weights_only=False)
-
-
-@pytest.fixture(scope="module")
-def single() -> dict:
-    return run_world(1)
+pytestmark = pytest.mark.xdist_group("eval")  # one worker: its module fixture (single_eval) is built once
 
 
 def test_shards_cover_every_index_once() -> None:
@@ -85,10 +36,10 @@ def test_shards_cover_every_index_once() -> None:
 def brute_force(model, tokenizer, rs: RetrievalSet):
     """Full rankings of every setting by a plain dense matrix: the independent reference."""
     layout = EvalLayout.of(rs)
-    q_texts = [SPEC.query_prefix + t for t in layout.query_texts]
-    c_texts = [SPEC.passage_prefix + t for t in layout.candidates.texts]
-    q = encode(model, tokenizer, q_texts, SPEC.max_query_length).astype(np.float64)
-    c = encode(model, tokenizer, c_texts, SPEC.max_passage_length).astype(np.float64)
+    q_texts = [EVAL_SPEC.query_prefix + t for t in layout.query_texts]
+    c_texts = [EVAL_SPEC.passage_prefix + t for t in layout.candidates.texts]
+    q = encode(model, tokenizer, q_texts, EVAL_SPEC.max_query_length).astype(np.float64)
+    c = encode(model, tokenizer, c_texts, EVAL_SPEC.max_passage_length).astype(np.float64)
     return layout, q @ c.T
 
 
@@ -109,10 +60,10 @@ def ir_measures_metrics(layout: EvalLayout, scores: np.ndarray, rows: np.ndarray
     return {names[str(m)]: v for m, v in agg.items()} | {"queries": len(qrels)}
 
 
-def test_metrics_match_ir_measures(single: dict) -> None:
-    model, tokenizer, rs = model_and_tokenizer()
+def test_metrics_match_ir_measures(single_eval: dict) -> None:
+    model, tokenizer, rs = eval_model_and_tokenizer()
     layout, scores = brute_force(model, tokenizer, rs)
-    result = single["result"]
+    result = single_eval["result"]
     checked = 0
     for x, xname in enumerate(layout.query_langs):
         rows = np.flatnonzero(layout.query_lang == x)
@@ -130,37 +81,23 @@ def test_metrics_match_ir_measures(single: dict) -> None:
     assert checked == 9
 
 
-def test_topk_lists_match_brute_force(single: dict) -> None:
-    model, tokenizer, rs = model_and_tokenizer()
+def test_topk_lists_match_brute_force(single_eval: dict) -> None:
+    model, tokenizer, rs = eval_model_and_tokenizer()
     layout, scores = brute_force(model, tokenizer, rs)
-    for x, (top_scores, top_ids) in single["result"]["topk"]["lists"].items():
+    for x, (top_scores, top_ids) in single_eval["result"]["topk"]["lists"].items():
         rows = np.flatnonzero(layout.query_lang == x)
         expected = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores[rows].shape), -scores[rows]), axis=1)[:, :10]
         assert (top_ids == expected).all()
         assert np.abs(top_scores - np.take_along_axis(scores[rows], expected, 1)).max() < 1e-5
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("world", [2, 3])
-def test_ranks_give_the_single_process_results(world: int, single: dict) -> None:
-    got = run_world(world)
-    ref = single["result"]
-    for setting in ("mono", "cross", "multi"):
-        assert got["result"][setting] == ref[setting]  # exact: ranks are integers, metrics their functions
-    assert got["result"]["bias"] == ref["bias"]
-    for x in ref["topk"]["lists"]:
-        assert (got["result"]["topk"]["lists"][x][1] == ref["topk"]["lists"][x][1]).all()
-    assert (got["topk"][1] == single["topk"][1]).all()
-    assert np.abs(got["topk"][0] - single["topk"][0]).max() < 1e-5
-
-
-def test_distributed_topk_single_process_is_brute_force(single: dict) -> None:
+def test_distributed_topk_single_process_is_brute_force(single_eval: dict) -> None:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((1001, 16)).astype(np.float32)
     queries = rng.standard_normal((37, 16)).astype(np.float32)
     exact = queries.astype(np.float64) @ vectors.T.astype(np.float64)
     order = np.argsort(-exact, axis=1, kind="stable")[:, :25]
-    assert (single["topk"][1] == order).all()
+    assert (single_eval["topk"][1] == order).all()
 
 
 def test_metrics_from_ranks_hand_case() -> None:
@@ -186,7 +123,7 @@ def test_language_bias_hand_case() -> None:
 
 
 def test_empty_language_is_an_input_error() -> None:
-    rs = load_corpus(CORPUS).retrieval
+    rs = load_corpus(EVAL_CORPUS).retrieval
     rs.queries["ru"] = []
     with pytest.raises(InputError, match="language 'ru': has no queries"):
         EvalLayout.of(rs)
@@ -280,10 +217,10 @@ def test_spans_are_near_equal_and_cover_every_index_once() -> None:
             assert max((b - a for a, b in pieces), default=0) - min((b - a for a, b in pieces), default=0) <= 1
 
 
-def test_tiny_blocks_give_exactly_the_default_results(single: dict) -> None:
-    model, tokenizer, rs = model_and_tokenizer()  # encoded as in ``single`` (same process, same threads)
-    got = evaluate(model, tokenizer, rs, SPEC, detect({}), k=10, progress=False, block=Block(queries=3, candidates=5))
-    ref = single["result"]
+def test_tiny_blocks_give_exactly_the_default_results(single_eval: dict) -> None:
+    model, tokenizer, rs = eval_model_and_tokenizer()  # encoded as in ``single_eval`` (same process, same threads)
+    got = evaluate(model, tokenizer, rs, EVAL_SPEC, detect({}), k=10, progress=False, block=Block(queries=3, candidates=5))
+    ref = single_eval["result"]
     for key in ("mono", "cross", "multi", "bias", "summary"):
         assert got[key] == ref[key]  # exact: ranks are integers, metrics their functions
     for x in ref["topk"]["lists"]:

@@ -35,8 +35,7 @@ from hbt.data.corpus import Corpus, Item, Pair, retrieval_from_pairs
 from hbt.errors import InputError
 from hbt.sampling import HybridBatchSampler, LanguageIndex, PairKey, SamplerConfig, language_weights
 from hbt.sampling.policy import cross_languages
-from tests.conftest import XQUAD_R, need
-from tests.helpers import index_of_corpus, index_of_lists
+from tests.helpers import XQUAD_R, index_of_corpus, index_of_lists, need
 
 
 @dataclass
