@@ -21,13 +21,13 @@ CACHE_DIR_HELP = "where shards are converted and the index is kept (data.cache_d
 
 def _sampler_options(parser: argparse.ArgumentParser) -> None:
     """The sampler settings of ``hbt data sample`` and ``hbt data plan``: one option per
-    field of :class:`~hbt.sampling.SamplerConfig` (``--language-policy`` sets
+    field of :class:`~hbt.config.SamplerConfig` (``--language-policy`` sets
     language_policy), typed and with the choices of its type hint, defaulting to what a
     config defaults to (:func:`hbt.config.sampler_keys`)."""
     import typing
 
     from hbt.config import sampler_keys
-    from hbt.sampling import SamplerConfig
+    from hbt.config import SamplerConfig
 
     parser.add_argument("path", help="training data: Parquet/JSONL shards (a directory or a glob), a save_to_disk "
                                      "directory, hf:NAME, a LAReQA directory, a .jsonl file, or synthetic[:...]")

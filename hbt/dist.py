@@ -104,7 +104,7 @@ def init(env: DistEnv | None = None, timeout_min: float = 30.0) -> DistEnv:
         timeout = timedelta(minutes=timeout_min)
         # DeepSpeed makes its own groups (data parallel, ZeRO) with new_group(), which takes
         # torch's module default, not the world group's: set that default too, or the
-        # gradient all-reduce of a job with a hung rank waits 30 minutes (tests/test_faults.py).
+        # gradient all-reduce of a job with a hung rank waits 30 minutes (tests/integration/test_faults.py).
         from torch.distributed import distributed_c10d
 
         distributed_c10d.default_pg_timeout = timeout

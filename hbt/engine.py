@@ -182,7 +182,7 @@ class Engine:
         headline numbers, which are logged with the step. ``on_gradients()`` runs on every
         rank once an optimizer step's gradients are complete (after the backward of its
         last contrastive batch, before the optimizer applies them), for a probe that reads
-        them (tests/matrix_worker.py). A stop signal (see :mod:`hbt.signals`) ends it after
+        them (tests/integration/matrix_worker.py). A stop signal (see :mod:`hbt.signals`) ends it after
         the current step, or after the current evaluation, with a checkpoint and
         :class:`Preempted`."""
         signals.install()

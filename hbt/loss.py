@@ -7,11 +7,11 @@ to the rank that produced each passage (a reduce-scatter on NCCL, an all-to-all 
 gloo). Not torch's newer functional ``all_gather_single_autograd``: on gloo (torch
 2.13) its asynchronous reduce-scatters corrupt the heap when several are in flight in
 one backward, as the symmetric loss with hard negatives has three (a SIGSEGV in CI;
-tests/test_loss.py's many-step test reproduces it). With the usual averaging of
-parameter gradients over ranks this gives exactly the gradient of the single-process
-loss over the whole contrastive batch (tests/test_loss.py checks it on 2 and 3
-processes). Like OpenCLIP's loss, :class:`ContrastiveLoss` is handed its rank and the
-world size rather than asking torch.distributed.
+tests/integration/test_loss_ranks.py's many-step test reproduces it). With the usual
+averaging of parameter gradients over ranks this gives exactly the gradient of the
+single-process loss over the whole contrastive batch (tests/integration/test_loss_ranks.py
+checks it on 2 and 3 processes). Like OpenCLIP's loss, :class:`ContrastiveLoss` is
+handed its rank and the world size rather than asking torch.distributed.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ With binary relevance every metric hbt reports is a function of those ranks alon
   sum over the first min(R, 10) positions.
 
 Queries with no relevant candidate in the pool are left out (and counted).
-tests/test_eval.py checks each against ir-measures on the same rankings.
+tests/unit/test_eval.py checks each against ir-measures on the same rankings.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One rank of the configuration matrix (tests/test_matrix.py), started by torchrun.
+"""One rank of the configuration matrix (tests/integration/test_matrix.py), started by torchrun.
 
 For every case in the spec it builds the real training stack (config, tokenised corpus,
 rank-aware sampler, resolved settings, DeepSpeed engine) and runs ``Engine.fit`` for
@@ -8,7 +8,7 @@ step) it reads the full gradient of every parameter through DeepSpeed's
 ``safe_get_full_grad``, which assembles ZeRO 1-3 partitions. Rank 0 saves, per case,
 those gradients and the per-step losses.
 
-Usage: ``torchrun --nproc_per_node N tests/matrix_worker.py SPEC.json OUT.pt``
+Usage: ``torchrun --nproc_per_node N tests/integration/matrix_worker.py SPEC.json OUT.pt``
 """
 
 from __future__ import annotations

@@ -7,22 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_hbt
-from tests.test_data import lareqa_doc, paragraph
-
-
-def status_line(line: str) -> bool:
-    """A status line that may precede an error: datasets' progress bars and the one-off index report."""
-    return "examples/s]" in line or line.startswith("indexed ")
-
-
-def assert_one_line_error(out, *needles: str) -> None:
-    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
-    lines = [line for line in out.stderr.strip().splitlines() if not status_line(line)]
-    assert len(lines) == 1, out.stderr
-    assert "Traceback" not in out.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+from tests.helpers import assert_one_line_error, lareqa_doc, paragraph, run_hbt
 
 
 def write(path: Path, doc) -> Path:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_hbt
-from tests.test_bad_input import assert_one_line_error
+from tests.helpers import assert_one_line_error, run_hbt
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("eval_cli")]  # one worker: its module fixture is built once
 

@@ -9,52 +9,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_train import losses, ok, overrides, torchrun
+from tests.helpers import (ENDS_WITHIN_S, LOST, ROOT, hbt_command, kill_rank_1_mid_training, losses, ok, overrides, rank_pid, torchrun,
+                           torchrun_command)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # one after another: one Slurm, timed waits
-ENDS_WITHIN_S = 60
-LOST = "hbt: error: rank 0 of 2: lost rank 1 ("
-
-
-def rank_pid(run_dir: Path, rank: int, variables: tuple[str, ...]) -> int | None:
-    """The pid of the ``hbt train`` process of ``run_dir`` whose launcher variable says
-    ``rank``: the rank itself, not its DataLoader workers (forked, same command line and
-    environment, so told apart by their parent being such a process too)."""
-    found: dict[int, int] = {}  # pid -> parent pid
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if b"train" in cmdline and f"run.dir={run_dir}".encode() in cmdline and b"-m" in cmdline:
-            if any(f"{v}={rank}".encode() in environ for v in variables) and cmdline[0].endswith(b"python"):
-                found[int(entry.name)] = parent
-    ranks = [pid for pid, parent in found.items() if parent not in found]
-    return ranks[0] if len(ranks) == 1 else None
-
-
-def kill_rank_1_mid_training(run_dir: Path, variables: tuple[str, ...], alive, timeout: float = 300) -> float:
-    """Wait for step 5, SIGKILL rank 1; return the monotonic time of the kill."""
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + timeout
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
-        assert alive() and time.monotonic() < deadline, "training did not reach step 5"
-        time.sleep(0.1)
-    pid = rank_pid(run_dir, 1, variables)
-    assert pid is not None, "rank 1 not found"
-    os.kill(pid, signal.SIGKILL)
-    return time.monotonic()
 
 
 def fault_args(tmp: Path) -> list[str]:
@@ -63,8 +26,7 @@ def fault_args(tmp: Path) -> list[str]:
 
 def test_torchrun_rank_killed(tmp_path: Path) -> None:
     args = fault_args(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hbt", "train", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(torchrun_command(2, "train", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     killed = kill_rank_1_mid_training(tmp_path / "run", ("RANK",), lambda: proc.poll() is None)
     _, err = proc.communicate(timeout=ENDS_WITHIN_S + 30)
@@ -85,8 +47,7 @@ def test_mpirun_rank_killed(tmp_path: Path) -> None:
             pytest.fail("HBT_REQUIRE_CLUSTER=1 but no mpirun: run slurm/local/up.sh")
         pytest.skip("no mpirun here (slurm/local/up.sh installs Open MPI)")
     args = fault_args(tmp_path)
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1",
-           sys.executable, "-m", "hbt", "train", *args]
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1", *hbt_command("train", *args)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = kill_rank_1_mid_training(tmp_path / "run", ("OMPI_COMM_WORLD_RANK",), lambda: proc.poll() is None)
     out, err = proc.communicate(timeout=ENDS_WITHIN_S + 30)
@@ -104,8 +65,7 @@ def test_a_hung_rank_ends_the_job_after_the_configured_timeout(tmp_path: Path) -
     """SIGSTOP: rank 1 neither works nor closes its connections (a stuck kernel, a frozen
     node). Only ``run.dist_timeout_min`` ends the wait; rank 0 then names it."""
     args = [*fault_args(tmp_path), "run.dist_timeout_min=0.25"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hbt", "train", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(torchrun_command(2, "train", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     run_dir = tmp_path / "run"
     metrics = run_dir / "metrics.jsonl"

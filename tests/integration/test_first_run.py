@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_hbt
+from tests.helpers import ROOT, run_hbt
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_train import losses, ok, overrides, single_run  # noqa: F401  (fixture)
+from tests.helpers import ROOT, hbt_command, losses, ok, overrides
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("launch")]  # one worker: its module fixture (single_run) is built once
 ARGS = ("model.dropout=0.0", "train.max_steps=12")
 
 
@@ -28,14 +27,14 @@ def check_two_ranks(run_dir: Path, launcher: str, reference: Path) -> None:
     assert got.keys() == ref.keys() and max(abs(got[s] - ref[s]) for s in ref) < 1e-4
 
 
-def test_accelerate_launch_two_processes(tmp_path: Path, single_run: Path) -> None:  # noqa: F811
+def test_accelerate_launch_two_processes(tmp_path: Path, single_run: Path) -> None:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/accelerate/cpu-2proc.yaml",
            "--main_process_port", "0", "-m", "hbt", "train", *overrides(tmp_path, "acc", *ARGS)]
     ok(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}))
     check_two_ranks(tmp_path / "acc", "torchrun", single_run)
 
 
-def test_mpirun_two_processes(tmp_path: Path, single_run: Path) -> None:  # noqa: F811
+def test_mpirun_two_processes(tmp_path: Path, single_run: Path) -> None:
     # Checked in a child: importing mpi4py.MPI here would initialise MPI in the test
     # process, and mpirun refuses to start from inside an MPI process.
     have = shutil.which("mpirun") is not None and subprocess.run(
@@ -45,6 +44,6 @@ def test_mpirun_two_processes(tmp_path: Path, single_run: Path) -> None:  # noqa
             pytest.fail("HBT_REQUIRE_CLUSTER=1 but mpirun or mpi4py is missing")
         pytest.skip("needs mpirun (Debian openmpi-bin) and mpi4py")
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1",
-           sys.executable, "-m", "hbt", "train", *overrides(tmp_path, "mpi", *ARGS)]
+           *hbt_command("train", *overrides(tmp_path, "mpi", *ARGS))]
     ok(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300))
     check_two_ranks(tmp_path / "mpi", "mpi", single_run)

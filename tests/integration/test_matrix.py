@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, index_of_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("matrix")]  # one worker: its module fixture is built once
 
@@ -102,7 +102,7 @@ def run_world(ws: dict, world: int) -> dict:
         spec_file, out_file = tmp / f"spec-{world}.json", tmp / f"out-{world}.pt"
         spec_file.write_text(json.dumps(spec))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
-               str(ROOT / "tests" / "matrix_worker.py"), str(spec_file), str(out_file)]
+               str(Path(__file__).with_name("matrix_worker.py")), str(spec_file), str(out_file)]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500,
                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
         ws["runs"][world] = torch.load(out_file, weights_only=False) if out.returncode == 0 else out.stderr[-4000:]
@@ -122,7 +122,6 @@ def reference(ws: dict, cell: Cell) -> dict[str, torch.Tensor]:
         from hbt.loss import ContrastiveLoss
         from hbt.model import BiEncoder, load_pretrained
         from hbt.sampling import HybridBatchSampler
-        from tests.helpers import index_of_corpus
 
         cfg = load_config(None, [*ws["common"], *cell.overrides(), f"run.dir={ws['tmp'] / 'ref'}"])
         m, t = cfg.model, cfg.train

@@ -6,16 +6,12 @@ corpus (seconds); one uses multilingual-e5-small on XQuAD-R (en, de; ../shared).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ME5_SMALL, ROOT, XQUAD_R, need, run_hbt
-from tests.test_bad_input import assert_one_line_error
+from tests.helpers import ME5_SMALL, XQUAD_R, assert_one_line_error, need, run_hbt, torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mine")]  # one worker: its module fixture is built once
 
@@ -173,16 +169,11 @@ def test_small_pools_fill_from_below_the_range_then_report_short_and_dropped(tin
     assert f"{short} of 9 pairs got fewer than 5 negatives; 1 got none and were left out" in result.stderr
 
 
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "hbt", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 def test_one_and_two_ranks_write_identical_files(tiny: Path, tmp_path: Path) -> None:
     outs = {}
     for n in (1, 2):
         result = torchrun(n, "mine", "--model", str(tiny), "--data", DATA, "--out", str(tmp_path / f"r{n}"),
-                          "--batch-size", "16", "--with-scores", "--max-score-ratio", "1.0")
+                          "--batch-size", "16", "--with-scores", "--max-score-ratio", "1.0", timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         outs[n] = json.loads((tmp_path / f"r{n}" / "mine.json").read_text())
         assert not (tmp_path / f"r{n}" / ".mine-work").exists()
@@ -216,7 +207,8 @@ def test_parquet_shards_and_approximate_index(tiny: Path, tmp_path: Path) -> Non
     # two ranks on the same shards, into a fresh cache: rank 0 converts them, then the other
     # rank reads its cache (hbt.data.table.main_first); the file is the one rank's
     result = torchrun(2, "mine", "--model", str(tiny), "--data", str(tmp_path / "pq"), "--out", str(tmp_path / "again2"),
-                      "--batch-size", "16", "--k", "3", "--cache-dir", str(tmp_path / "cache2"), "--holdout-titles", "0.25")
+                      "--batch-size", "16", "--k", "3", "--cache-dir", str(tmp_path / "cache2"), "--holdout-titles", "0.25",
+                      timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "again2" / "train.jsonl").read_bytes() == (tmp_path / "again" / "train.jsonl").read_bytes()
 

@@ -1,6 +1,8 @@
 """A requeued job can be trusted blindly: resume finds the newest complete checkpoint,
 refuses changed inputs with one line, and a stop signal at any moment (start-up,
-mid-evaluation, mid-checkpoint) ends in exit 75 with a state that resumes."""
+mid-evaluation, mid-checkpoint) ends in exit 75 with a state that resumes. What a resume
+reads without running hbt (the newest complete checkpoint, fingerprints compared) is
+tests/unit/test_checkpoint.py."""
 
 from __future__ import annotations
 
@@ -14,26 +16,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from hbt.checkpoint import Checkpointer
-from hbt.dist import detect
-from hbt.fingerprint import differences
-from tests.conftest import ROOT, run_hbt
-from tests.test_train import losses, ok, overrides, steps_per_epoch, torchrun, wait_for
+from hbt.checkpoint import MANIFEST, write_manifest
+from tests.helpers import ROOT, hbt_command, losses, ok, overrides, run_hbt, steps_per_epoch, torchrun, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]  # one worker: its module fixture is built once
-
-
-def test_latest_falls_back_to_the_newest_complete_checkpoint(tmp_path: Path) -> None:
-    root = tmp_path / "checkpoints"
-    ckpt = Checkpointer(root, keep=2, env=detect({}))
-    assert ckpt.latest() is None
-    for tag in ("step-00000004", "step-00000008", "tmp-step-00000012"):  # tmp-*: a write cut short
-        (root / tag).mkdir(parents=True)
-    assert ckpt.latest() == "step-00000008"  # no pointer at all
-    (root / "latest").write_text("step-00000012")  # names a directory that is gone
-    assert ckpt.latest() == "step-00000008"
-    (root / "latest").write_text("step-00000004")
-    assert ckpt.latest() == "step-00000004" and ckpt.newest_before(8) == "step-00000004"
 
 
 def test_resume_auto_uses_a_complete_checkpoint_when_latest_points_nowhere(tmp_path: Path) -> None:
@@ -104,27 +90,20 @@ def test_resume_refuses_changed_model_weights_tokenizer_and_world_size(finished)
     assert "written by 1 rank(s), this run has 2" in line
 
 
-def test_a_saved_auto_precision_is_taken_as_what_auto_runs_as_here() -> None:
-    """Fingerprints written before hbt resolved train.precision hold "auto"; it compares
-    equal to what auto resolves to on this machine, and unequal to anything else."""
-    saved = {"data": "d", "tokenizer": "t", "model": "m", "deepspeed": "z", "config": {"train.precision": "auto", "train.lr": 0.1}}
-    now = {**saved, "config": {"train.precision": "fp32", "train.lr": 0.1}}
-    assert differences(saved, now, auto_precision="fp32") == []
-    assert differences(saved, now, auto_precision="bf16") == ["train.precision ('auto' -> 'fp32')"]
-    assert differences(now, {**now, "config": {"train.precision": "bf16", "train.lr": 0.1}}, auto_precision="bf16") == \
-        ["train.precision ('fp32' -> 'bf16')"]  # only a saved "auto" is read that way
-
-
 def test_a_checkpoint_that_recorded_precision_auto_resumes_on_this_machine(finished) -> None:
     """A checkpoint of an older hbt (train.precision recorded as "auto") resumes with the
-    same command on this CPU, where auto is fp32; asking for bf16 is refused, naming the key."""
+    same command on this CPU, where auto is fp32; asking for bf16 is refused, naming the key.
+    Its manifest is rewritten with the edited fingerprint, so that the checkpoint stays
+    complete and the fingerprint is all that differs."""
     tmp, args = finished
     fp_file = tmp / "run" / "checkpoints" / "step-00000003" / "fingerprint.json"
-    original = fp_file.read_text()
+    manifest = fp_file.with_name(MANIFEST)
+    original, original_manifest = fp_file.read_text(), manifest.read_text()
     tree = json.loads(original)
     assert tree["config"]["train.precision"] == "fp32"  # what ran, not "auto"
     tree["config"]["train.precision"] = "auto"
     fp_file.write_text(json.dumps(tree))
+    write_manifest(fp_file.parent)
     try:
         out = run_hbt("train", *args)
         ok(out)
@@ -132,6 +111,7 @@ def test_a_checkpoint_that_recorded_precision_auto_resumes_on_this_machine(finis
         assert "changed: train.precision ('auto' -> 'bf16')" in refused(run_hbt("train", *args, "train.precision=bf16"))
     finally:
         fp_file.write_text(original)
+        manifest.write_text(original_manifest)
 
 
 def test_resume_refuses_another_deepspeed_json(finished, tmp_path: Path) -> None:
@@ -159,7 +139,7 @@ def test_accept_changes_resumes_anyway_and_operational_keys_need_nothing(finishe
 
 def test_signal_during_start_up_exits_75_and_the_run_then_resumes(tmp_path: Path) -> None:
     args = overrides(tmp_path, "early", "train.max_steps=4")
-    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(hbt_command("train", *args), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (tmp_path / "early" / "launch.json").exists(), proc)  # started; data, model, DeepSpeed still ahead
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=300)
@@ -174,7 +154,7 @@ def test_signal_during_evaluation_exits_75_after_it_and_resumes(tmp_path: Path) 
     finishes the evaluation, checkpoints, exits 75; the resumed run does not repeat it."""
     args = overrides(tmp_path, "ev", "train.epochs=2", "eval.batch_size=1")
     per_epoch = steps_per_epoch(args)
-    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(hbt_command("train", *args), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "ev" / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= per_epoch, proc)
     proc.send_signal(signal.SIGUSR1)
@@ -191,7 +171,7 @@ def test_signal_while_checkpoints_are_written_every_step(tmp_path: Path) -> None
     """With a checkpoint after every step, a signal at a random moment mostly lands in a
     checkpoint write: the write completes, one more step runs and is saved, exit 75."""
     args = overrides(tmp_path, "ck", "train.checkpoint_every=1")
-    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(hbt_command("train", *args), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     pointer = tmp_path / "ck" / "checkpoints" / "latest"
     wait_for(lambda: pointer.exists() and pointer.read_text() >= "step-00000003", proc)
     proc.send_signal(signal.SIGTERM)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_train import SMALL, losses, single_run, steps_per_epoch  # noqa: F401  (single_run: a fixture)
+from tests.helpers import ENDS_WITHIN_S, LOST, ROOT, SMALL, kill_rank_1_mid_training, losses, steps_per_epoch
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # one after another: one Slurm, timed waits
 CPU = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
@@ -120,8 +119,6 @@ def test_usr1_during_start_up_requeues_and_the_job_finishes(tmp_path: Path) -> N
 
 
 def test_a_killed_task_ends_the_job_with_one_line_naming_it(tmp_path: Path) -> None:
-    from tests.test_faults import ENDS_WITHIN_S, LOST, kill_rank_1_mid_training
-
     run = tmp_path / "run"
     args = ["configs/tiny.yaml", f"run.dir={run}", f"data.cache_dir={tmp_path}/cache", "train.epochs=3",
             "train.checkpoint_every=3", "eval.every_epoch=false"]
@@ -155,9 +152,9 @@ def two_nodes() -> str:
 TWO_NODES = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
 
 
-def test_two_nodes_share_the_contrastive_batch_and_match_one_process(tmp_path: Path, two_nodes: str, single_run: Path) -> None:  # noqa: F811
+def test_two_nodes_share_the_contrastive_batch_and_match_one_process(tmp_path: Path, two_nodes: str, single_run: Path) -> None:
     """One task on each node, the contrastive batch split across them: the per-step
-    losses of the one-process run (tests/test_train.py's ``single_run``, same settings)."""
+    losses of the one-process run (the ``single_run`` fixture, same settings)."""
     run = tmp_path / "run"
     out = sbatch("--wait", *TWO_NODES, f"--output={tmp_path}/job.out", "slurm/train.sh", "configs/tiny.yaml", f"run.dir={run}",
                  f"data.cache_dir={tmp_path}/cache", *SMALL, "model.dropout=0.0", "train.max_steps=12", conf=two_nodes)

@@ -1,5 +1,5 @@
 """submitit job arrays on the real local Slurm and the LocalExecutor fallback; table, CSV
-and plot at the end (README's first run, a local sweep, is tests/test_first_run.py)."""
+and plot at the end (README's first run, a local sweep, is tests/integration/test_first_run.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_hbt
+from tests.helpers import ROOT, hbt_command, run_hbt
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # one after another: one Slurm, timed waits
 SMALL = ["data.train=synthetic:items=480,languages=3,seed=3", "train.batch_size=16", "train.epochs=1",
@@ -58,9 +57,9 @@ def test_submitit_timeout_signal_checkpoints_requeues_and_resumes(tmp_path: Path
             pytest.fail("HBT_REQUIRE_CLUSTER=1 but no Slurm here")
         pytest.skip("no Slurm here (slurm/local/up.sh)")
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "hbt", "sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--executor", "slurm",
-           "--out", str(out), "--wait-timeout", "400", *SMALL, "train.epochs=3", "train.checkpoint_every=1000",
-           "eval.every_epoch=false", f"data.cache_dir={tmp_path}/cache"]
+    cmd = hbt_command("sweep", "--config", "configs/tiny.yaml", "--alphas", "0.5", "--executor", "slurm",
+                      "--out", str(out), "--wait-timeout", "400", *SMALL, "train.epochs=3", "train.checkpoint_every=1000",
+                      "eval.every_epoch=false", f"data.cache_dir={tmp_path}/cache")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = out / "tiny-alpha0.5-seed0"
     metrics = run_dir / "metrics.jsonl"

@@ -5,54 +5,19 @@ diverging loss, the export, and config errors."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_hbt
+from tests.helpers import (ME5_SMALL, ROOT, XQUAD_R, hbt_command, losses, need, ok, overrides, run_hbt, steps_per_epoch, torchrun,
+                           wait_for)
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]  # one worker: its module fixture is built once
-
-SMALL = ["data.train=synthetic:items=600,languages=3,seed=1", "train.batch_size=16", "train.epochs=1",
-         "train.checkpoint_every=1000", "model.tiny.vocab_size=2000"]
-
-
-def overrides(tmp: Path, name: str, *extra: str) -> list[str]:
-    return ["--config", "configs/tiny.yaml", f"run.dir={tmp / name}", f"data.cache_dir={tmp / 'cache'}", *SMALL, *extra]
-
-
-def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "hbt", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    """Per-step loss from ``metrics.jsonl``, where every step is logged once, also after resumes."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        assert record["step"] not in out, f"step {record['step']} logged twice"
-        out[record["step"]] = record["loss"]
-    return out
-
-
-def ok(out: subprocess.CompletedProcess) -> None:
-    assert out.returncode == 0, out.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def single_run(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("single")
-    ok(run_hbt("train", *overrides(tmp, "run", "model.dropout=0.0", "train.max_steps=12")))
-    return tmp / "run"
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]  # one worker: its module fixture (single_run) is built once
 
 
 def test_single_process_run_directory(single_run: Path) -> None:
@@ -105,7 +70,7 @@ def test_export_carries_a_model_card(single_run: Path) -> None:
 def test_two_ranks_under_zero_0_and_3_match_one_process(tmp_path: Path, single_run: Path) -> None:
     """The same global batches and an exact cross-rank loss: 2 ranks of ``hbt train`` train
     like 1, end to end (launch, loss, export). Stages 0 and 3 are the two ends; every stage
-    at 1-3 ranks has its gradient checked against one process in tests/test_matrix.py."""
+    at 1-3 ranks has its gradient checked against one process in tests/integration/test_matrix.py."""
     reference = losses(single_run)
     for stage in (0, 3):
         out = torchrun(2, "train", *overrides(tmp_path, f"z{stage}", "model.dropout=0.0", "train.max_steps=12",
@@ -125,7 +90,7 @@ def test_one_rank_under_zero_trains_and_resumes_exactly(tmp_path: Path, stage: i
     """The one-GPU recipe (README): ZeRO 2 (the shipped configs) and 3 on a single rank
     train, checkpoint, and a run cut after its step-3 checkpoint resumes to the same losses
     as the uncut run. ZeRO 1 saves its optimizer partitions through the same code as 2;
-    it trains in every cell of tests/test_matrix.py."""
+    it trains in every cell of tests/integration/test_matrix.py."""
     args = overrides(tmp_path, "full", "model.dropout=0.0", "train.max_steps=6", "train.checkpoint_every=3",
                      f"train.deepspeed=configs/deepspeed/zero{stage}.json")
     ok(run_hbt("train", *args))
@@ -168,14 +133,6 @@ def test_grad_cache_trains_like_the_plain_step(tmp_path: Path, single_run: Path)
     assert max(abs(got[s] - reference[s]) for s in reference) < 1e-4
 
 
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
     args = overrides(tmp_path, "full", "train.checkpoint_every=4")
     ok(run_hbt("train", *args))
@@ -184,7 +141,7 @@ def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
     assert kept == ["latest", "step-00000028", "step-00000030"]  # the last train.keep_checkpoints=2, no tmp-* left
 
     args = overrides(tmp_path, "killed", "train.checkpoint_every=4")
-    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(hbt_command("train", *args), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     pointer = tmp_path / "killed" / "checkpoints" / "latest"
     wait_for(pointer.exists, proc)
     proc.send_signal(signal.SIGKILL)
@@ -206,7 +163,7 @@ def test_exact_resume_after_sigkill(tmp_path: Path) -> None:
 
 def test_sigusr1_checkpoints_exits_for_requeue_and_resumes(tmp_path: Path) -> None:
     args = overrides(tmp_path, "pre")
-    proc = subprocess.Popen([sys.executable, "-m", "hbt", "train", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(hbt_command("train", *args), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "pre" / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, proc)
     proc.send_signal(signal.SIGUSR1)
@@ -218,14 +175,6 @@ def test_sigusr1_checkpoints_exits_for_requeue_and_resumes(tmp_path: Path) -> No
     out = run_hbt("train", *args)
     ok(out)
     assert "resumed from" in out.stderr and max(losses(tmp_path / "pre")) == steps_per_epoch(args)
-
-
-def steps_per_epoch(args: list[str]) -> int:
-    from hbt.config import load_config
-    from hbt.train import sampler_for, training_data
-
-    cfg = load_config(args[1], args[2:])
-    return len(sampler_for(cfg, training_data(cfg)))
 
 
 def test_diverging_loss_names_a_checkpoint_whose_weights_never_produced_it(tmp_path: Path) -> None:
@@ -262,8 +211,6 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path, override: str, needle: st
 def test_pretrained_encoder_with_e5_prefixes(tmp_path: Path) -> None:
     """A real multilingual encoder from a local directory: e5 prefixes, mean pooling,
     trained on XQuAD-R for two steps, exported, and loadable by sentence-transformers."""
-    from tests.conftest import ME5_SMALL, XQUAD_R, need
-
     need(ME5_SMALL), need(XQUAD_R)
     out = run_hbt("train", "--config", "configs/me5-small-xquad.yaml", f"run.dir={tmp_path / 'me5'}",
                   f"data.cache_dir={tmp_path / 'cache'}", "train.batch_size=8", "train.max_steps=2",

@@ -1,7 +1,7 @@
 """The exported model's card (hbt/card.py) for the configs users publish from: named
 sources, globs of shards, a mined file, a hub base model, an evaluation restricted to
 held-out titles, and a sweep's untrained zero-shot baseline. The card of a real run is
-checked end to end in tests/test_train.py::test_export_carries_a_model_card."""
+checked end to end in tests/integration/test_train.py::test_export_carries_a_model_card."""
 
 from __future__ import annotations
 

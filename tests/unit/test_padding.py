@@ -2,7 +2,8 @@
 embeddings and parameter gradients for every family it claims (BERT, RoBERTa, XLM-R),
 with several attention groups of different widths; padded calls through a packed
 encoder are untouched; families it cannot pack are refused. The loss-level equivalence
-(plain, GradCache, two ranks) is in test_loss.py, the whole engine in test_matrix.py."""
+(plain, GradCache) is in tests/unit/test_loss.py, on two ranks in
+tests/integration/test_loss_ranks.py, the whole engine in tests/integration/test_matrix.py."""
 
 from __future__ import annotations
 
