@@ -42,7 +42,8 @@ TAG = re.compile(r"step-\d{8}")
 
 def write_manifest(folder: Path) -> None:
     """Record every file of the checkpoint in ``folder`` with its size (written last)."""
-    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
     (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
 

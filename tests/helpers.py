@@ -364,3 +364,19 @@ def eval_world(world: int) -> dict:
         else:
             mp.spawn(eval_rank, args=(world, f"file://{tmp}/rendezvous", out), nprocs=world, join=True)
         return torch.load(out, weights_only=False)
+
+
+# -- the run directory's lock ----------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from hbt.runlock import RunLock
+lock = RunLock(sys.argv[1]); lock.acquire(); print("held", flush=True); time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold(run_dir: Path, seconds: float) -> subprocess.Popen:
+    """A process that takes the lock and keeps it ``seconds``; returns once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc

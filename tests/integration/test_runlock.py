@@ -16,20 +16,7 @@ import pytest
 
 from hbt.errors import InputError
 from hbt.runlock import RunLock
-
-HOLD = """
-import sys, time
-from hbt.runlock import RunLock
-lock = RunLock(sys.argv[1]); lock.acquire(); print("held", flush=True); time.sleep(float(sys.argv[2]))
-"""
-
-
-def hold(run_dir: Path, seconds: float) -> subprocess.Popen:
-    """A process that takes the lock and keeps it ``seconds``; returns once it holds it."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
+from tests.helpers import hold
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
     holder = hold(tmp_path, 60)
