@@ -20,7 +20,10 @@ What is relevant to a query is never a negative of it, anywhere:
   relevant to the query of the other: items that share a passage text, in any language,
   are one *answer group* (:func:`answer_groups`), and a batch holds one item per group.
 
-Changing what counts as relevant is an edit here, which all three see.
+Changing what counts as relevant is an edit here, which all three see. Two functions
+carry the rule: :class:`CandidateLayout` (relevance through item ids) and
+:func:`answer_groups` (the sampler's groups, through passage texts); they agree while a
+pair data set's candidates are its positive texts, so an edit to one is an edit to both.
 
 Why it lives here, at the bottom of the data path (below :mod:`hbt.data`, not in it):
 :mod:`hbt.data` builds its retrieval views through :func:`positive_pools`, and the

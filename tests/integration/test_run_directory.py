@@ -89,7 +89,8 @@ def test_no_complete_checkpoint_is_refused_not_restarted(finished: Path, tmp_pat
 
 
 def test_a_second_job_on_a_busy_run_dir_is_refused(tmp_path: Path) -> None:
-    first = subprocess.Popen([sys.executable, "-m", "hbt", "train", *overrides(tmp_path, "run", "train.max_steps=400")],
+    busy = ["train.epochs=1000", "train.max_steps=100000"]  # far longer than the test: it is killed at the end
+    first = subprocess.Popen([sys.executable, "-m", "hbt", "train", *overrides(tmp_path, "run", *busy)],
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         lock = tmp_path / "run" / ".lock"
@@ -97,7 +98,7 @@ def test_a_second_job_on_a_busy_run_dir_is_refused(tmp_path: Path) -> None:
         while not (lock.exists() and lock.read_text().strip()):
             assert first.poll() is None and time.monotonic() < deadline, "the first job never took the lock"
             time.sleep(0.2)
-        second = run_hbt("train", *overrides(tmp_path, "run", "train.max_steps=400", "train.alpha=1.0"))
+        second = run_hbt("train", *overrides(tmp_path, "run", *busy, "train.alpha=1.0"))
         assert_one_line_error(second, "run.dir", f"pid {first.pid} on {socket.gethostname()}")
         assert first.poll() is None, "the refused job must leave the running one alone"
         assert json.loads(lock.read_text())["pid"] == first.pid
