@@ -142,8 +142,8 @@ class Checkpointer:
 
     def skipped(self, chosen: str | None) -> list[str]:
         """Each checkpoint newer than ``chosen`` that resuming passes over, with why."""
-        return [f"{t} ({incomplete(self.root / t)})" for t in self.tags()
-                if (chosen is None or t > chosen) and incomplete(self.root / t) is not None]
+        newer = [t for t in self.tags() if chosen is None or t > chosen]
+        return [f"{t} ({reason})" for t, reason in ((t, incomplete(self.root / t)) for t in newer) if reason is not None]
 
     def newest_before(self, step: int) -> str | None:
         """The newest complete checkpoint of an optimizer step < ``step``."""
