@@ -125,6 +125,19 @@ class Engine:
         client = self.checkpointer.load(self.engine, tag)
         self.sampler.load_state_dict(client["sampler"])
         self.state = TrainState(**client["state"])
+        self._apply_optimisation()
+
+    def _apply_optimisation(self) -> None:
+        """A checkpoint restores the optimizer's lr and weight decay and the schedule's base
+        rate as they were; set them from this run's config, so values changed with
+        ``--accept-changes`` (:data:`hbt.fingerprint.ADJUSTABLE`) take effect from the next
+        step. The schedule's shape (warm-up, total steps) is this run's already
+        (:func:`linear_schedule`); unchanged values give the very rates an uninterrupted
+        run applies."""
+        t, scheduler = self.cfg.train, self.engine.lr_scheduler
+        scheduler.base_lrs = [t.lr] * len(scheduler.base_lrs)
+        for group, shape in zip(self.engine.optimizer.param_groups, scheduler.lr_lambdas):
+            group.update(initial_lr=t.lr, lr=t.lr * shape(scheduler.last_epoch), weight_decay=t.weight_decay)
 
     def save(self) -> str:
         client = {"state": self.state.to_dict(), "sampler": self.sampler.state_dict(), "config": self.cfg.to_dict()}

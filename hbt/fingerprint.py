@@ -21,6 +21,13 @@ OPERATIONAL = ("run.dir", "run.dist_timeout_min", "data.cache_dir", "data.num_wo
                "train.checkpoint_every", "train.keep_checkpoints", "data.train", "model.name", "train.deepspeed")
 OPERATIONAL_SECTIONS = ("eval.",)
 FILE = "fingerprint.json"
+# Shaping keys a resumed run may change when the user says so (``--accept-changes``): each
+# is read afresh at start-up (the loss, the clipping, the chunking, the step count) or set
+# again on the restored optimizer and schedule (:meth:`hbt.engine.Engine.resume`), so the
+# new value takes effect from the next step. Every other shaping input fixes the batch
+# sequence, the model or the optimizer's structure, and cannot change mid-run.
+ADJUSTABLE = ("train.lr", "train.weight_decay", "train.warmup_ratio", "train.max_steps", "train.epochs",
+              "train.grad_clip", "train.temperature", "train.symmetric", "train.grad_cache_chunk", "train.chunk_tokens")
 
 
 # Config entries that say where or with what a model was saved, not what it computes.
@@ -63,19 +70,20 @@ def fingerprint(config: dict, data: str, tokenizer: str, model: str, world_size:
             "world_size": world_size, "config": shaping_config(config)}
 
 
-def differences(saved: dict, current: dict, auto_precision: str) -> list[str]:
-    """What changed, one short phrase each (empty when nothing did).
+def differences(saved: dict, current: dict, auto_precision: str) -> dict[str, str]:
+    """What changed: the input's name (a config key, or data/tokenizer/model/deepspeed)
+    -> a short phrase saying how (empty when nothing did).
 
     A fingerprint records ``train.precision`` as it ran (:mod:`hbt.resolve`), but one
     written before hbt resolved it holds ``"auto"``, and what that ran as is not recorded.
     It is taken as ``auto_precision``, what auto runs as on this machine: a run requeued
     on the same kind of machine resumes, and one moved between a CPU and a bf16 GPU under
     such an old checkpoint is not caught."""
-    out = [name if name != "deepspeed" else "deepspeed (the train.deepspeed JSON's content)"
-            for name in ("data", "tokenizer", "model", "deepspeed") if saved.get(name) != current[name]]
+    out = {name: name if name != "deepspeed" else "deepspeed (the train.deepspeed JSON's content)"
+           for name in ("data", "tokenizer", "model", "deepspeed") if saved.get(name) != current[name]}
     old, new = saved.get("config", {}), current["config"]
     as_run = {**old, "train.precision": auto_precision} if old.get("train.precision") == "auto" else old
-    out += [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if as_run.get(k) != new.get(k)]
+    out.update({k: f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if as_run.get(k) != new.get(k)})
     return out
 
 

@@ -120,11 +120,15 @@ def resume_tag(checkpointer: Checkpointer, resume: str, run_dir: Path, env: hdis
 
 def check_fingerprint(checkpoint: Path, current: dict, accept_changes: bool) -> None:
     """Refuse to resume a run whose data, tokenizer, model, shaping config or world size
-    changed since ``checkpoint`` was written, unless the user says they mean it. A
-    checkpoint that recorded ``train.precision`` as ``auto`` (before hbt resolved it) is
-    taken to have run as auto runs here (:func:`hbt.fingerprint.differences`)."""
+    changed since ``checkpoint`` was written. With ``accept_changes`` the keys that can
+    take effect mid-run (:data:`hbt.fingerprint.ADJUSTABLE`) may differ; the rest never.
+    A checkpoint that recorded ``train.precision`` as ``auto`` (before hbt resolved it)
+    is taken to have run as auto runs here (:func:`hbt.fingerprint.differences`)."""
     saved = run_fingerprint.read(checkpoint)
     if saved is None:
+        if (checkpoint / MANIFEST).exists():  # written by this hbt, which always writes one
+            raise InputError("--resume", f"{checkpoint} has no {run_fingerprint.FILE}: its inputs cannot be checked; "
+                                         "resume another checkpoint or start a new run.dir")
         print(f"hbt: warning: {checkpoint} has no fingerprint (written by an older hbt); resuming unchecked", file=sys.stderr)
         return
     if saved.get("world_size", current["world_size"]) != current["world_size"]:
@@ -132,8 +136,12 @@ def check_fingerprint(checkpoint: Path, current: dict, accept_changes: bool) -> 
                                      f"{current['world_size']}: resuming at another world size is not supported "
                                      "(ZeRO partitions and per-rank RNG streams belong to it); start a new run.dir")
     changed = run_fingerprint.differences(saved, current, auto_precision=precision("auto"))
+    fixed = [phrase for key, phrase in changed.items() if key not in run_fingerprint.ADJUSTABLE]
+    if fixed and accept_changes:
+        raise InputError("--resume", f"{checkpoint} was written with other inputs, and these cannot change mid-run: "
+                                     f"{'; '.join(fixed)} (start a new run.dir)")
     if changed and not accept_changes:
-        raise InputError("--resume", f"{checkpoint} was written with other inputs; changed: {'; '.join(changed)} "
+        raise InputError("--resume", f"{checkpoint} was written with other inputs; changed: {'; '.join(changed.values())} "
                                      "(resume anyway with --accept-changes, or start a new run.dir)")
 
 

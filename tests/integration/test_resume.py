@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from hbt.checkpoint import MANIFEST, write_manifest
@@ -61,6 +62,68 @@ def test_resume_refuses_changed_inputs(finished, change: str, named: str) -> Non
     _, args = finished
     line = refused(run_hbt("train", *args, change))
     assert f"changed: {named}" in line and "--accept-changes" in line
+
+
+@pytest.mark.parametrize("change,named", [
+    ("data.train=synthetic:items=600,languages=3,seed=2", "data"),
+    ("model.max_passage_length=24", "model.max_passage_length (32 -> 24)"),
+    ("train.alpha=1.0", "train.alpha (0.5 -> 1.0)"),
+    ("train.grad_accum=2", "train.grad_accum (1 -> 2)"),
+])
+def test_accept_changes_still_refuses_what_cannot_change_mid_run(finished, change: str, named: str) -> None:
+    """The batch sequence, the model and the optimizer's structure are fixed by the
+    checkpoint: --accept-changes cannot let them through, and the line names them."""
+    _, args = finished
+    line = refused(run_hbt("train", *args, change, "train.lr=0.01", "--accept-changes"))
+    assert f"cannot change mid-run: {named}" in line and "train.lr" not in line
+
+
+def _param_groups(state: object) -> list[dict] | None:
+    """The optimizer's param groups, wherever a stage's checkpoint nests them."""
+    if isinstance(state, dict):
+        if "param_groups" in state:
+            return state["param_groups"]
+        return next((g for g in map(_param_groups, state.values()) if g is not None), None)
+    return None
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_accepted_changes_take_effect_from_the_next_step(tmp_path: Path, stage: int) -> None:
+    """A 3-step run resumed with another lr, weight decay and step count applies, from step
+    4 on, the rates of a run started with those values (not the old schedule's), and its
+    optimizer holds the new weight decay, at each ZeRO stage's optimizer."""
+    changes = ("train.max_steps=6", "train.lr=0.001", "train.weight_decay=0.05")
+    zero = f"train.deepspeed=configs/deepspeed/zero{stage}.json"
+    ok(run_hbt("train", *overrides(tmp_path, "fresh", zero, *changes)))
+    args = overrides(tmp_path, "resumed", zero, "train.max_steps=3", "train.checkpoint_every=3")
+    ok(run_hbt("train", *args))
+    ok(run_hbt("train", *args, *changes, "--accept-changes"))
+    rates = [{r["step"]: r["lr"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())}
+             for run in ("fresh", "resumed")]
+    assert [rates[1][s] for s in (4, 5, 6)] == [rates[0][s] for s in (4, 5, 6)]
+    assert rates[1][3] != rates[0][3]  # steps 1-3 ran the old schedule
+    saved = tmp_path / "resumed" / "checkpoints" / "step-00000006"
+    files = sorted(saved.glob("*optim_states.pt")) or [saved / "mp_rank_00_model_states.pt"]
+    group = _param_groups(torch.load(files[0], map_location="cpu", weights_only=False))[0]
+    assert (group["weight_decay"], group["initial_lr"]) == (0.05, 0.001)
+
+
+def test_a_checkpoint_of_this_hbt_without_its_fingerprint_is_refused(finished) -> None:
+    """Its manifest says this hbt wrote it, and this hbt always writes a fingerprint: with
+    the fingerprint gone (and the manifest rewritten so the checkpoint looks complete) its
+    inputs cannot be checked, and resuming it is refused, not done unchecked."""
+    tmp, args = finished
+    fp_file = tmp / "run" / "checkpoints" / "step-00000003" / "fingerprint.json"
+    manifest = fp_file.with_name(MANIFEST)
+    original, original_manifest = fp_file.read_text(), manifest.read_text()
+    fp_file.unlink()
+    manifest.unlink()
+    write_manifest(fp_file.parent)
+    try:
+        assert "has no fingerprint.json" in refused(run_hbt("train", *args, "train.alpha=1.0"))
+    finally:
+        fp_file.write_text(original)
+        manifest.write_text(original_manifest)
 
 
 def test_resume_refuses_changed_model_weights_tokenizer_and_world_size(finished) -> None:
