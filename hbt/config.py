@@ -19,7 +19,8 @@ from typing import Any, Literal, Sequence
 import yaml
 
 from hbt.data.sources import Source
-from hbt.errors import InputError
+from hbt.data.split import parse_holdout
+from hbt.errors import InputError, at_least
 
 
 @dataclass
@@ -48,6 +49,13 @@ class DataConfig:
         return self.sources
 
 
+# The tiny preset's tokenizer gives at most a quarter of its pieces to characters (each
+# also as a ## continuation) and the rest to whole words. Below 500 pieces it keeps fewer
+# than the 121 characters of the default four-script synthetic corpus, so texts turn into
+# runs of <unk> and training ends at chance (vocab_size=0 built a 7-piece vocabulary).
+MIN_TINY_VOCAB = 500
+
+
 @dataclass
 class TinyModelConfig:
     """The offline preset: a small XLM-R-architecture encoder, randomly initialised."""
@@ -57,6 +65,16 @@ class TinyModelConfig:
     layers: int = 2
     heads: int = 4
     intermediate_size: int = 256
+
+    def validate(self) -> None:
+        """Refuse an encoder that transformers cannot build (heads not dividing the hidden
+        size) or that cannot learn (a vocabulary too small to hold the corpus' characters)."""
+        at_least(1, {f"model.tiny.{name}": getattr(self, name) for name in ("hidden_size", "layers", "heads", "intermediate_size")})
+        if self.hidden_size % self.heads:
+            raise InputError("model.tiny.heads", f"must divide model.tiny.hidden_size ({self.hidden_size}), got {self.heads}")
+        if self.vocab_size < MIN_TINY_VOCAB:
+            raise InputError("model.tiny.vocab_size", f"must be >= {MIN_TINY_VOCAB} (fewer pieces cannot hold the "
+                                                      f"characters of even the synthetic corpus), got {self.vocab_size}")
 
 
 @dataclass
@@ -101,6 +119,8 @@ class SamplerConfig:
             raise InputError("train.alpha", f"must be in [0, 1], got {self.alpha}")
         if not self.language_temperature > 0:
             raise InputError("train.language_temperature", f"must be > 0, got {self.language_temperature}")
+        if not 0 <= self.seed < 2**32:  # numpy's seeds (the epoch plans); torch's are wider
+            raise InputError("run.seed", f"must be in [0, 2**32), got {self.seed}")
 
 
 SAMPLER_KEYS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.name != "seed")  # train.<name>; seed is run.seed
@@ -171,6 +191,16 @@ class EvalConfig:
             raise InputError("eval.settings", f"choose from mono, cross, multi (got {self.settings!r})")
         return chosen
 
+    def validate(self) -> None:
+        """Before training: an evaluation that would fail only after encoding everything
+        (no top-k lists, batches of no texts, a hold-out without its data) is refused."""
+        self.setting_list()
+        at_least(1, {"eval.k": self.k, "eval.batch_size": self.batch_size})
+        if self.holdout_titles is not None:
+            if not self.data:
+                raise InputError("eval.holdout_titles", "needs eval.data (without it, set data.holdout_titles)")
+            parse_holdout(self.holdout_titles, key="eval.holdout_titles")
+
 
 @dataclass
 class Config:
@@ -181,6 +211,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
+        """Every key's range and the keys' agreement, before any data or model is read."""
         t, m = self.train, self.model
         self.train.sampler(self.run.seed).validate()
         positive = {"train.epochs": t.epochs, "train.grad_accum": t.grad_accum, "train.checkpoint_every": t.checkpoint_every,
@@ -190,9 +221,7 @@ class Config:
             positive["train.grad_cache_chunk"] = t.grad_cache_chunk
         if isinstance(t.chunk_tokens, int):  # null turns chunking off
             positive["train.chunk_tokens"] = t.chunk_tokens
-        for key, value in positive.items():
-            if value < 1:
-                raise InputError(key, f"must be >= 1, got {value}")
+        at_least(1, positive)
         if t.max_steps is not None and t.max_steps < 0:
             raise InputError("train.max_steps", f"must be >= 0 (0: evaluate the untrained model), got {t.max_steps}")
         for key, value in {"train.lr": t.lr, "train.temperature": t.temperature, "run.dist_timeout_min": self.run.dist_timeout_min}.items():
@@ -204,20 +233,14 @@ class Config:
             raise InputError("train", "weight_decay, grad_clip and hard_negatives must be >= 0")
         if m.dropout is not None and not 0 <= m.dropout < 1:
             raise InputError("model.dropout", f"must be in [0, 1), got {m.dropout}")
+        m.tiny.validate()
         self.train.deepspeed = str(shipped_path(self.train.deepspeed, "train.deepspeed"))
-        self.eval.setting_list()
-        if self.eval.k < 1 or self.eval.batch_size < 1:
-            raise InputError("eval", "k and batch_size must be >= 1")
-        if self.data.num_workers < 0:
-            raise InputError("data.num_workers", f"must be >= 0, got {self.data.num_workers}")
-        if self.data.prefetch < 1:
-            raise InputError("data.prefetch", f"must be >= 1, got {self.data.prefetch}")
+        self.eval.validate()
+        at_least(0, {"data.num_workers": self.data.num_workers})
+        at_least(1, {"data.prefetch": self.data.prefetch})
         self.data.source_list()
-        for key, holdout in (("data.holdout_titles", self.data.holdout_titles), ("eval.holdout_titles", self.eval.holdout_titles)):
-            if isinstance(holdout, float) and not 0 < holdout < 1:
-                raise InputError(key, f"a fraction must be in (0, 1), got {holdout}")
-        if self.eval.holdout_titles is not None and not self.eval.data:
-            raise InputError("eval.holdout_titles", "needs eval.data (without it, set data.holdout_titles)")
+        if self.data.holdout_titles is not None:
+            parse_holdout(self.data.holdout_titles, key="data.holdout_titles")
         return self
 
     def to_dict(self) -> dict:
@@ -273,8 +296,10 @@ def _check(value: Any, hint: Any, key: str) -> Any:
             try:
                 return _check(value, option, key)
             except InputError as e:
-                errors.append(e.problem)
-        raise InputError(key, " or ".join(errors))
+                errors.append(e)
+        if len(errors) == 1:  # one type besides None: its error names the key inside (data.sources[0].path)
+            raise errors[0]
+        raise InputError(key, " or ".join(e.problem for e in errors))
     if hint is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
         try:  # YAML reads 1e-3 (no dot) as a string
             number = float(value)
@@ -301,6 +326,11 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise InputError(prefix + unknown[0], f"unknown key (known here: {', '.join(hints)})")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise InputError(prefix + missing[0], "is required here")
     return cls(**{name: _check(values[name], hints[name], prefix + name) for name in values})
 
 
@@ -323,26 +353,43 @@ def _set_dotted(tree: dict, dotted: str, where: str) -> None:
     node[parts[-1]] = value
 
 
-def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """A YAML file as a dict; ``extends: other.yaml`` (relative to this file) is read
     first and this file's keys are merged over it, so a baseline config states only
-    what differs from the config it extends."""
+    what differs from the config it extends. ``chain`` holds the files that extend this
+    one, so a cycle is named file by file."""
     if not path.is_file():
         raise InputError(str(path), "no such config file")
-    if path.resolve() in seen:
-        raise InputError(str(path), "extends itself")
+    if path.resolve() in [p.resolve() for p in chain]:
+        cycle = [*chain[[p.resolve() for p in chain].index(path.resolve()):], path]
+        raise InputError(str(chain[0]), f"the extends chain is a cycle: {' -> '.join(map(str, cycle))}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise InputError(str(path), f"malformed YAML{at}") from None
+    if tree is None:  # empty, or comments only: training on the built-in defaults is never what was meant
+        raise InputError(str(path), "is empty; a config file should be a mapping of sections (omit --config for the defaults)")
     if not isinstance(tree, dict):
         raise InputError(str(path), "a config file should be a mapping of sections")
+    _empty_null_sections(tree, Config)
     parent = tree.pop("extends", None)
     if parent is None:
         return tree
-    return _merge(_read_tree(path.parent / str(parent), (*seen, path.resolve())), tree)
+    return _merge(_read_tree(path.parent / str(parent), (*chain, path)), tree)
+
+
+def _empty_null_sections(tree: dict, cls: type) -> None:
+    """A section written with nothing under it (``train:``) is YAML's null: read it, in
+    place, as the empty section it looks like (so overrides and ``extends`` fill it)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in tree.items():
+        if key in hints and dataclasses.is_dataclass(hints[key]):
+            if value is None:
+                tree[key] = {}
+            elif isinstance(value, dict):
+                _empty_null_sections(value, hints[key])
 
 
 def _merge(base: dict, over: dict) -> dict:

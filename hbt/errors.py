@@ -15,3 +15,11 @@ class InputError(ValueError):
         self.where = where
         self.problem = problem
         super().__init__(f"{where}: {problem}")
+
+
+def at_least(minimum: int, values: dict[str, int]) -> None:
+    """Refuse the first of ``values`` (the setting or option that holds it: its value)
+    below ``minimum``, naming it."""
+    for where, value in values.items():
+        if value < minimum:
+            raise InputError(where, f"must be >= {minimum}, got {value}")

@@ -12,7 +12,9 @@ what the fingerprint says is what ran.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -37,6 +39,7 @@ class Resolved:
     per_rank_batch: int  # pairs of each contrastive batch on one rank
     total_steps: int  # optimizer steps of the whole run: train.epochs, cut at train.max_steps
     text: TextSpec  # the prefixes and token limits of queries and passages
+    deepspeed: dict  # the train.deepspeed JSON as read (hbt fills in batch, optimizer and precision)
 
     @property
     def chunk_tokens(self) -> int | None:
@@ -48,12 +51,28 @@ class Resolved:
     def bf16(self) -> bool:
         return self.precision == "bf16"
 
+    @property
+    def zero_stage(self) -> int:
+        return int(self.deepspeed.get("zero_optimization", {}).get("stage", 0))
+
+    @property
+    def autocast(self) -> bool:
+        """bf16 as the bare loop runs it: fp32 weights and torch's fused AdamW untouched,
+        the forward under ``torch.autocast``. Without ZeRO, DeepSpeed's own bf16 mode
+        wraps a torch optimizer in ``FP16_UnfusedOptimizer``, whose per-tensor overflow
+        check and norm cost a large share of a GPU step (docs/BENCHMARKS.md §1); under
+        ZeRO 1-3 the stage's own bf16 optimizer runs (flat partitions, bf16 weights that
+        halve what ZeRO-3 gathers)."""
+        return self.bf16 and self.zero_stage == 0
+
     def config_as_run(self, cfg: Config) -> dict:
         """``cfg`` as a dict with its ``auto`` keys as they run: what a fingerprint records.
         (``config.yaml`` keeps the config as given.)"""
         tree = cfg.to_dict()
         tree["train"]["chunk_tokens"] = self.padding
-        tree["train"]["precision"] = self.precision
+        # A checkpoint of bf16 without ZeRO written before autocast held bf16 weights in
+        # DeepSpeed's wrapper, whose state this run cannot load: "bf16-autocast" tells it apart.
+        tree["train"]["precision"] = "bf16-autocast" if self.autocast else self.precision
         return tree
 
 
@@ -63,7 +82,18 @@ def resolve(cfg: Config, env: DistEnv, encoder: torch.nn.Module, sampler: Hybrid
     t = cfg.train
     return Resolved(padding=padding(t.chunk_tokens, gpu=torch.cuda.is_available(), packs=packable(encoder)),
                     precision=precision(t.precision), per_rank_batch=per_rank_batch(t.batch_size, env.world_size),
-                    total_steps=total_steps(t, sampler), text=text_spec(cfg.model))
+                    total_steps=total_steps(t, sampler), text=text_spec(cfg.model), deepspeed=deepspeed_json(t.deepspeed))
+
+
+def deepspeed_json(path: str) -> dict:
+    """The train.deepspeed file (its path checked by Config.validate)."""
+    try:
+        tree = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"malformed JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(tree, dict):
+        raise InputError(path, "a DeepSpeed config must be a JSON object")
+    return tree
 
 
 def padding(chunk_tokens: int | Literal["auto", "packed"] | None, gpu: bool, packs: bool) -> Padding:

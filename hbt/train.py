@@ -47,7 +47,7 @@ def evaluation_set(cfg: Config, data: TrainingData) -> RetrievalSet | None:
     if cfg.eval.data:
         corpus = load_corpus(cfg.eval.data)
         if cfg.eval.holdout_titles is not None:
-            _, corpus = split_corpus(corpus, cfg.eval.holdout_titles, cfg.data.holdout_seed)
+            _, corpus = split_corpus(corpus, cfg.eval.holdout_titles, cfg.data.holdout_seed, key="eval.holdout_titles")
         return corpus.retrieval
     return data.held_out.retrieval if data.held_out else None
 
@@ -251,7 +251,7 @@ def last_evaluation(run_dir: Path) -> Path | None:
 
 
 def _zero3(engine) -> bool:
-    return engine.ds_config["zero_optimization"].get("stage", 0) == 3
+    return engine.resolved.zero_stage == 3
 
 
 def evaluate_engine(engine, tokenizer, rs: RetrievalSet, out: Path) -> dict:

@@ -217,7 +217,7 @@ def _held_titles(ds: datasets.Dataset, corpus: Corpus | None, holdout: str | flo
     if holdout is None:
         return set()
     titles = corpus.titles if corpus is not None else pc.unique(_titles(ds)).to_pylist()
-    return set(choose_titles(sorted(titles), holdout, seed))
+    return set(choose_titles(sorted(titles), holdout, seed, key="data.holdout_titles"))
 
 
 def _source_key(ds: datasets.Dataset, corpus: Corpus | None) -> str:

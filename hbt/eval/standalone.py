@@ -81,7 +81,7 @@ def run_eval(a: EvalArgs) -> tuple[dict, hdist.DistEnv]:
 
     corpus = load_corpus(a.data)
     if a.holdout_titles:
-        _, corpus = split_corpus(corpus, a.holdout_titles, a.seed)
+        _, corpus = split_corpus(corpus, a.holdout_titles, a.seed, key="--holdout-titles")
     spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
     model, tokenizer = load_encoder(a.model, pooling, env)

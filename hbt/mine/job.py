@@ -100,5 +100,5 @@ def mining_corpus(a: MineArgs, env: DistEnv) -> Corpus:
     else:
         corpus = load_corpus(a.data)
     if a.holdout_titles:
-        corpus, _ = split_corpus(corpus, a.holdout_titles, a.holdout_seed)
+        corpus, _ = split_corpus(corpus, a.holdout_titles, a.holdout_seed, key="--holdout-titles")
     return corpus

@@ -6,7 +6,7 @@ rank-aware sampler, resolved settings, DeepSpeed engine) and runs ``Engine.fit``
 first optimizer step's gradients are complete (after every backward, before the optimizer
 step) it reads the full gradient of every parameter through DeepSpeed's
 ``safe_get_full_grad``, which assembles ZeRO 1-3 partitions. Rank 0 saves, per case,
-those gradients and the per-step losses.
+those gradients, the per-step losses, the weights' dtype and the optimizer class DeepSpeed built.
 
 Usage: ``torchrun --nproc_per_node N tests/integration/matrix_worker.py SPEC.json OUT.pt``
 """
@@ -65,7 +65,8 @@ def main(spec_path: str, out_path: str) -> None:
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if env.is_main else []
         results[case["name"]] = {
             "grads": grads or None, "losses": [s["loss"] for s in steps], "lrs": [s["lr"] for s in steps], "steps": state.step,
-            "checkpoint": engine.checkpointer.latest(), "dtype": next(engine.module.parameters()).dtype, "seconds": time.perf_counter() - tick,
+            "checkpoint": engine.checkpointer.latest(), "dtype": next(engine.module.parameters()).dtype,
+            "optimizer": type(engine.engine.optimizer).__name__, "seconds": time.perf_counter() - tick,
         }
         del engine
     if env.is_main:

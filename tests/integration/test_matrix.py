@@ -36,7 +36,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("matrix")]  # one worker
 BATCH = 12  # the contrastive batch: divisible by 1, 2 and 3 ranks
 LR = 1e-3
 GRAD_TOLERANCE = 1e-5
-BF16_LOSS_TOLERANCE = 0.02  # relative; measured up to 0.6 % over two steps (bf16 keeps 8 mantissa bits)
+BF16_LOSS_TOLERANCE = 0.02  # relative; bf16 keeps 8 mantissa bits (measured figures: docs/training.md)
+# The relative L2 distance of the whole bf16 gradient from the fp32 reference, by ZeRO stage:
+# autocast without ZeRO keeps LayerNorm, softmax and the weights in fp32; the stages' bf16
+# optimizers compute the whole backward in bf16, which puts the LayerNorm biases' gradients
+# (sums over every token) furthest off. Both far below a factor 2 (0.5) or 1/3 (0.67).
+BF16_GRAD_TOLERANCE = {0: 0.01, 1: 0.25, 2: 0.25, 3: 0.25}
+# The optimizer DeepSpeed builds for each ZeRO stage and precision: torch's fused AdamW
+# untouched without ZeRO (bf16 there is autocast), the stage's own optimizer under ZeRO;
+# never FP16_UnfusedOptimizer, the per-tensor wrapper of DeepSpeed's bf16 mode without ZeRO.
+OPTIMIZER = {(0, "fp32"): "AdamW", (0, "bf16"): "AdamW", **{(s, p): "DeepSpeedZeroOptimizer" for s in (1, 2) for p in ("fp32", "bf16")},
+             **{(3, p): "DeepSpeedZeroOptimizer_Stage3" for p in ("fp32", "bf16")}}
 
 
 @dataclass(frozen=True)
@@ -154,14 +164,19 @@ def test_cell_trains_and_its_gradient_is_the_single_process_one(workspace: dict,
     assert got["steps"] == 2 and got["checkpoint"] == "step-00000002"
     assert len(got["losses"]) == 2 and all(torch.isfinite(torch.tensor(got["losses"])))
     assert got["lrs"][0] == LR  # no warm-up asked for: the first step learns at the full rate
-    assert got["dtype"] == (torch.bfloat16 if cell.precision == "bf16" else torch.float32)
+    assert got["optimizer"] == OPTIMIZER[cell.stage, cell.precision]
+    # bf16 without ZeRO keeps fp32 weights and runs the forward under autocast
+    assert got["dtype"] == (torch.bfloat16 if cell.precision == "bf16" and cell.stage > 0 else torch.float32)
+    ref = reference(workspace, cell)
     if cell.precision == "bf16":
         fp32 = run_world(workspace, world)[Cell(cell.stage, cell.grad_cache, cell.accum, cell.negatives).name]
         rel = max(abs(a - b) / abs(b) for a, b in zip(got["losses"], fp32["losses"]))
-        print(f"{world} rank(s) {cell.name}: losses {got['losses']} vs fp32 {fp32['losses']}, max relative difference {rel:.2e}")
-        assert rel <= BF16_LOSS_TOLERANCE
+        grad_rel = (torch.cat([(got["grads"][n] - ref[n]).flatten() for n in ref]).norm()
+                    / torch.cat([ref[n].flatten() for n in ref]).norm()).item()
+        print(f"{world} rank(s) {cell.name}: losses {got['losses']} vs fp32 {fp32['losses']}, max relative difference "
+              f"{rel:.2e}; |grad - reference| / |reference| {grad_rel:.2e}")
+        assert rel <= BF16_LOSS_TOLERANCE and grad_rel <= BF16_GRAD_TOLERANCE[cell.stage]
         return
-    ref = reference(workspace, cell)
     assert got["grads"].keys() == ref.keys()
     diff = max((got["grads"][n] - ref[n]).abs().max().item() for n in ref)
     scale = max(ref[n].abs().max().item() for n in ref)

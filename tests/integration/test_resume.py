@@ -178,6 +178,31 @@ def test_a_checkpoint_that_recorded_precision_auto_resumes_on_this_machine(finis
         manifest.write_text(original_manifest)
 
 
+def test_a_bf16_checkpoint_of_the_wrapper_without_zero_is_refused_naming_precision(tmp_path: Path) -> None:
+    """bf16 without ZeRO used to keep bf16 weights in DeepSpeed's FP16_UnfusedOptimizer; it
+    is autocast over fp32 weights now, and the old optimizer state cannot be loaded. Such a
+    checkpoint's fingerprint says "bf16" where this hbt records "bf16-autocast": it is
+    refused in one line naming train.precision, even with --accept-changes, and a bf16 run
+    of this hbt resumes."""
+    args = overrides(tmp_path, "bf16", "train.precision=bf16", "train.max_steps=2", "train.checkpoint_every=2")
+    ok(run_hbt("train", *args))
+    fp_file = tmp_path / "bf16" / "checkpoints" / "step-00000002" / "fingerprint.json"
+    tree = json.loads(fp_file.read_text())
+    assert tree["config"]["train.precision"] == "bf16-autocast"
+    out = run_hbt("train", *args, "train.max_steps=3", "--accept-changes")
+    ok(out)
+    assert "resumed from" in out.stderr
+    fp_file = tmp_path / "bf16" / "checkpoints" / "step-00000003" / "fingerprint.json"
+    tree = json.loads(fp_file.read_text())
+    tree["config"]["train.precision"] = "bf16"  # what an older hbt wrote
+    fp_file.write_text(json.dumps(tree))
+    fp_file.with_name(MANIFEST).unlink()
+    write_manifest(fp_file.parent)
+    for extra in ([], ["--accept-changes"]):
+        line = refused(run_hbt("train", *args, "train.max_steps=3", *extra))
+        assert "train.precision ('bf16' -> 'bf16-autocast')" in line
+
+
 def test_resume_refuses_another_deepspeed_json(finished, tmp_path: Path) -> None:
     _, args = finished
     ds = tmp_path / "zero0-offload.json"

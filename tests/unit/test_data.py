@@ -112,9 +112,9 @@ def test_synthetic_coverage_leaves_items_out_of_languages() -> None:
 
 def test_title_split_shares_no_item_or_candidate(xquad_r: Path) -> None:
     corpus = load_corpus(str(xquad_r))
-    held = holdout_titles(corpus, "0.2", seed=0)
-    assert len(held) == 10 and held == holdout_titles(corpus, 0.2, seed=0)
-    train, test = split_by_title(corpus, held)
+    held = holdout_titles(corpus, "0.2", seed=0, key="data.holdout_titles")
+    assert len(held) == 10 and held == holdout_titles(corpus, 0.2, seed=0, key="data.holdout_titles")
+    train, test = split_by_title(corpus, held, key="data.holdout_titles")
     assert not {i.id for i in train.items} & {i.id for i in test.items}
     assert len(train.items) + len(test.items) == 1190
     train_cands = {c.id for cs in train.retrieval.candidates.values() for c in cs}
@@ -122,7 +122,7 @@ def test_title_split_shares_no_item_or_candidate(xquad_r: Path) -> None:
     assert not train_cands & test_cands and len(train_cands) + len(test_cands) == 13014
     test_items = {i.id for i in test.items}
     assert all(q.item_id in test_items for qs in test.retrieval.queries.values() for q in qs)
-    explicit = holdout_titles(corpus, "Warsaw,Normans")
+    explicit = holdout_titles(corpus, "Warsaw,Normans", key="data.holdout_titles")
     assert explicit == ["Normans", "Warsaw"]
 
 
@@ -157,7 +157,7 @@ def test_eval_holdout_titles_evaluates_only_those_titles_of_eval_data() -> None:
     cfg = load_config(None, [f"eval.data={data}", "eval.holdout_titles=0.25", "data.holdout_seed=3"])
     rs = evaluation_set(cfg, data=None)  # type: ignore[arg-type]  # eval.data is set: the training data is not read
     corpus = load_corpus(data)
-    held = set(holdout_titles(corpus, 0.25, seed=3))
+    held = set(holdout_titles(corpus, 0.25, seed=3, key="eval.holdout_titles"))
     title = {item.id: item.title for item in corpus.items}
     asked = {q.item_id for qs in rs.queries.values() for q in qs}
     assert len(held) == 10 and {title[i] for i in asked} == held
