@@ -87,6 +87,12 @@ def test_sampler_keys_are_the_sampler_config_fields() -> None:
     ("train=3", "train"), ("alpha", "override"),
     ("train.grad_cache_chunk=0", "train.grad_cache_chunk"), ("train.chunk_tokens=0", "train.chunk_tokens"), ("train.lr=inf", "train.lr"), ("train.lr=.nan", "train.lr"),
     ("train.temperature=-.inf", "train.temperature"), ("train.log_every=5", "train.log_every"),
+    # issue 21 item 4: tracebacks or silent acceptance before, each now refused naming its key
+    ("model.tiny.heads=3", "model.tiny.heads"), ("model.tiny.heads=0", "model.tiny.heads"),
+    ("model.tiny.vocab_size=0", "model.tiny.vocab_size"), ("model.tiny.vocab_size=499", "model.tiny.vocab_size"),
+    ("run.seed=-1", "run.seed"), ("run.seed=4294967296", "run.seed"), ("eval.k=0", "eval.k"),
+    ("eval.batch_size=0", "eval.batch_size"), ("data.holdout_titles=@no/such/titles.txt", "data.holdout_titles"),
+    ("data.holdout_titles=,", "data.holdout_titles"), ("data.sources=[{name: a}]", "data.sources[0].path"),
 ])
 def test_bad_overrides_name_the_key(override: str, where: str) -> None:
     with pytest.raises(InputError) as e:
@@ -101,8 +107,40 @@ def test_config_file_errors(tmp_path: Path) -> None:
         load_config(bad)
     loop = tmp_path / "loop.yaml"
     loop.write_text("extends: loop.yaml\n")
-    with pytest.raises(InputError, match="extends itself"):
+    with pytest.raises(InputError, match="the extends chain is a cycle"):
         load_config(loop)
+
+
+def test_an_extends_cycle_is_named_file_by_file(tmp_path: Path) -> None:
+    """a.yaml -> b.yaml -> a.yaml was reported as 'a.yaml: extends itself'."""
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\ntrain: {alpha: 0.5}\n")
+    with pytest.raises(InputError) as e:
+        load_config(tmp_path / "a.yaml")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    assert e.value.where == str(a) and e.value.problem == f"the extends chain is a cycle: {a} -> {b} -> {a}"
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# nothing but a comment\n"], ids=["empty", "blank", "comment"])
+def test_an_empty_config_file_is_refused(tmp_path: Path, text: str) -> None:
+    """It trained on the built-in defaults, as if no --config had been given."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    with pytest.raises(InputError, match="is empty") as e:
+        load_config(empty)
+    assert e.value.where == str(empty)
+
+
+def test_a_null_section_is_an_empty_one(tmp_path: Path) -> None:
+    """``train:`` with nothing under it is YAML's null; an override into it said
+    'train.max_steps: is not a section', and over an extended file it wiped the parent's section."""
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("run: {dir: runs/x}\ntrain:\nmodel:\n  tiny:\n")
+    cfg = load_config(bare, ["train.max_steps=3", "model.tiny.layers=1"])
+    assert cfg.train.max_steps == 3 and cfg.model.tiny.layers == 1 and cfg.train.alpha == 0.5
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {ROOT / 'configs/tiny.yaml'}\ntrain:\n")
+    assert load_config(child).train == load_config(ROOT / "configs/tiny.yaml").train
 
 
 def test_detect_torchrun_slurm_and_single() -> None:
