@@ -96,7 +96,8 @@ def _encoder_options(parser: argparse.ArgumentParser) -> None:
 def _add_eval(add_parser: AddParser) -> None:
     ev = add_parser("eval", help="retrieval evaluation (mono, cross, multilingual) of an encoder, 1 to N ranks")
     ev.add_argument("--model", required=True, help="encoder directory (an hbt export, or any Hugging Face encoder)")
-    ev.add_argument("--data", required=True, help="LAReQA dir/file, .jsonl, retrieval dir (queries/corpus/qrels) or synthetic[:...]")
+    ev.add_argument("--data", required=True, help="LAReQA dir/file, .jsonl, retrieval dir (queries/corpus/qrels), "
+                    "Parquet/JSONL shards (a directory or a glob), a save_to_disk dir, or synthetic[:...]")
     ev.add_argument("--settings", default="mono,cross,multi", help="comma-separated subset of mono,cross,multi")
     ev.add_argument("--out", default=None, help="output directory (default runs/eval/<model>-<data>)")
     ev.add_argument("--holdout-titles", default=None, help="evaluate only these held-out titles (fraction, list or @file)")
@@ -105,6 +106,7 @@ def _add_eval(add_parser: AddParser) -> None:
     ev.add_argument("--k", type=int, default=100, help="length of the multilingual top-k lists written to multi.run")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index of each shard")
+    ev.add_argument("--cache-dir", default=".cache/hbt", help="where shards are converted (data.cache_dir)")
     ev.set_defaults(run=commands.eval_command)
 
 

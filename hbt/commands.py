@@ -53,6 +53,8 @@ def _data_sampler(args: argparse.Namespace):
 
     cfg = SamplerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig)})
     cfg.validate()  # before reading any data: a typo costs a second, not an index build
+    if args.epochs < 1:
+        raise InputError("--epochs", f"must be at least 1, got {args.epochs}")
     data, index = _training_index(args.path, args.cache_dir)
     return data, HybridBatchSampler(index, cfg)
 
@@ -77,10 +79,10 @@ def data_plan_command(args: argparse.Namespace) -> int:
     """One JSON line per global contrastive batch, with the corpus' own item ids."""
     import json
 
-    if args.epochs < 1:
-        raise InputError("--epochs", f"must be at least 1, got {args.epochs}")
-    data, sampler = _data_sampler(args)
     out = Path(args.out)
+    if out.is_dir():  # refused before the plan, not by the rename after it (which left the .tmp file behind)
+        raise InputError("--out", f"{out} is a directory; name the JSONL file to write")
+    data, sampler = _data_sampler(args)
     tmp = out.with_name(out.name + ".tmp")
     total = 0
     try:
@@ -97,10 +99,10 @@ def data_plan_command(args: argparse.Namespace) -> int:
                 mix = plan.mix()
                 print(f"epoch {epoch}: {len(plan)} contrastive batches of {sampler.cfg.batch_size}, "
                       f"{len(plan) - mix['cross']} mono, {mix['cross']} cross")
+        tmp.replace(out)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise InputError(str(out), f"cannot write the plan: {e.strerror or e}") from None
-    tmp.replace(out)
     print(f"wrote {total} batches ({args.epochs} epoch{'s' if args.epochs != 1 else ''}) to {out}")
     return 0
 
@@ -174,7 +176,8 @@ def eval_command(args: argparse.Namespace) -> int:
     settings = EvalConfig(settings=args.settings).setting_list()
     out = Path(args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data.split(':')[0]).name}")
     results, env = run_eval(EvalArgs(args.model, args.data, settings, out, args.holdout_titles, args.seed, args.pooling,
-                                     args.query_prefix, args.passage_prefix, args.max_length, args.k, args.batch_size, args.index))
+                                     args.query_prefix, args.passage_prefix, args.max_length, args.k, args.batch_size, args.index,
+                                     args.cache_dir))
     if env.is_main:
         print(", ".join(f"{k} {v:.4f}" for k, v in results["summary"].items()))
         print(f"outputs: {out.resolve()}")
@@ -217,11 +220,10 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    from hbt.sweep import SweepSpec, collect, parse_alphas, run_sweep
+    from hbt.sweep import SweepSpec, collect, parse_alphas, parse_seeds, run_sweep
     from hbt.sweep_report import write_report
 
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    spec = SweepSpec(configs=args.config, alphas=parse_alphas(args.alphas, args.strategies), seeds=seeds, out=Path(args.out),
+    spec = SweepSpec(configs=args.config, alphas=parse_alphas(args.alphas, args.strategies), seeds=parse_seeds(args.seeds), out=Path(args.out),
                      overrides=args.overrides, zero_shot=args.zero_shot, executor=args.executor,
                      tasks_per_node=args.tasks_per_node, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                      cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, partition=args.partition,

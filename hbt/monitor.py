@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,16 +18,39 @@ def rewind(run_dir: Path, step: int, evaluated: int) -> None:
     """Drop what a run resumed from optimizer step ``step``'s checkpoint will log again,
     so that each step and each evaluation appears once: the lines of ``metrics.jsonl``
     after ``step``, and of ``eval.jsonl`` after ``evaluated``, the step of the latest
-    evaluation the checkpoint knows of. Rank 0 only; the files are replaced atomically."""
+    evaluation the checkpoint knows of. Lines that cannot be read (a kill or a full disk
+    cut the last one short) go too, and a warning on stderr names how many and the steps
+    up to ``step`` that ``metrics.jsonl`` no longer has: nothing logs those again.
+    Rank 0 only; the files are replaced atomically."""
     for name, last in (("metrics.jsonl", step), ("eval.jsonl", evaluated)):
         path = run_dir / name
         if not path.exists():
             continue
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if _step(line) is not None and _step(line) <= last]
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        steps = [_step(line) for line in lines]
+        kept = [line for line, n in zip(lines, steps) if n is not None and n <= last]
+        unreadable = sum(n is None and bool(line.strip()) for line, n in zip(lines, steps))
+        missing = sorted(set(range(1, last + 1)) - set(steps)) if name == "metrics.jsonl" else []
+        if unreadable or missing:
+            print(f"hbt: warning: {path}: {_lost(unreadable, missing)}", file=sys.stderr)
         tmp = path.with_name(name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _lost(unreadable: int, missing: list[int]) -> str:
+    """What :func:`rewind` could not keep, in words (``...; no line for steps 24-25, 30, ...``)."""
+    parts = [f"{unreadable} unreadable line{'s' if unreadable != 1 else ''} dropped (cut short?)"] if unreadable else []
+    if missing:
+        runs: list[list[int]] = []
+        for n in missing:
+            if runs and n == runs[-1][1] + 1:
+                runs[-1][1] = n
+            else:
+                runs.append([n, n])
+        spans = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+        parts.append(f"no line for step{'s' if len(missing) > 1 else ''} {spans}, which the resumed run does not log again")
+    return "; ".join(parts)
 
 
 def _step(line: str) -> int | None:

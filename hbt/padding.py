@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -87,18 +87,26 @@ PACKED_ATTENTION = "hbt_packed"  # the attention implementation a packed encoder
 ATTENTION_GROUP_TOKENS = 1024
 
 
+# Families whose position ids count from pad_token_id + 1 (fairseq's convention), not 0
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert")
+
+
+def first_position(config: PretrainedConfig) -> int:
+    """The position id of a text's first token in an encoder of ``config``: RoBERTa-family
+    encoders count from ``pad_token_id + 1`` (what they compute from the ids of an unpacked
+    batch), so that many rows of the position table never hold a text's token; others from 0."""
+    return config.pad_token_id + 1 if config.model_type in OFFSET_POSITIONS else 0
+
+
 def position_offset(encoder: PreTrainedModel) -> int | None:
     """The position id of a text's first token in ``encoder``, or None where packing is not
-    supported: BERT counts from 0, RoBERTa and XLM-R from ``pad_token_id + 1`` (what they
-    compute from the ids of an unpacked batch). Decoders (causal attention) and other
-    families (rotary positions, their own attention code) keep to chunks."""
+    supported: BERT, RoBERTa and XLM-R (:func:`first_position`) pack. Decoders (causal
+    attention) and other families (rotary positions, their own attention code) keep to chunks."""
     config = encoder.config
     if getattr(config, "is_decoder", False):
         return None
-    if config.model_type == "bert":
-        return 0
-    if config.model_type in ("roberta", "xlm-roberta"):
-        return config.pad_token_id + 1
+    if config.model_type in ("bert", "roberta", "xlm-roberta"):
+        return first_position(config)
     return None
 
 

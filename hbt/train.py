@@ -18,11 +18,12 @@ from hbt import signals
 from hbt.card import write_card
 from hbt.checkpoint import MANIFEST, TAG, Checkpointer, incomplete
 from hbt.config import Config, save_config
-from hbt.data import RetrievalSet, load_corpus, split_corpus
+from hbt.data import RetrievalSet, split_corpus
+from hbt.data.table import any_corpus
 from hbt.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from hbt.data.training import TrainingData, load_training_data
 from hbt.errors import InputError
-from hbt.model import BiEncoder, build_tiny, export, load_pretrained
+from hbt.model import BiEncoder, build_tiny, check_encoder, export, load_pretrained
 from hbt.monitor import rewind
 from hbt.runlock import RunLock
 from hbt.resolve import precision, resolve
@@ -41,11 +42,13 @@ def training_data(cfg: Config, env: hdist.DistEnv | None = None) -> TrainingData
                               cfg.train.hard_negatives)
 
 
-def evaluation_set(cfg: Config, data: TrainingData) -> RetrievalSet | None:
-    """What the run evaluates: ``eval.data`` (only its ``eval.holdout_titles`` when set), else
-    the held-out titles of the training data, else nothing."""
+def evaluation_set(cfg: Config, data: TrainingData, env: hdist.DistEnv | None = None) -> RetrievalSet | None:
+    """What the run evaluates: ``eval.data`` in any format hbt reads (only its
+    ``eval.holdout_titles`` when set; rank 0 converts shards first), else the held-out
+    titles of the training data, else nothing."""
     if cfg.eval.data:
-        corpus = load_corpus(cfg.eval.data)
+        is_main, barrier = (env.is_main, hdist.barrier) if env is not None else (True, lambda: None)
+        corpus = any_corpus(cfg.eval.data, cfg.data.cache_dir, is_main, barrier)
         if cfg.eval.holdout_titles is not None:
             _, corpus = split_corpus(corpus, cfg.eval.holdout_titles, cfg.data.holdout_seed, key="eval.holdout_titles")
         return corpus.retrieval
@@ -80,6 +83,20 @@ def build_model(cfg: Config, data: TrainingData, run_dir: Path, env: hdist.DistE
         tokenizer.save_pretrained(init)
     hdist.barrier()
     return load_pretrained(str(init), m.dropout)
+
+
+def check_model(cfg: Config, run_dir: Path) -> None:
+    """The encoder's config, read before the data (no weights yet), with the run's token
+    limits checked against its positions: a missing or unreachable model, or a limit the
+    model has no positions for, is one line now, not a failure at the first long text.
+    The tiny preset is built to fit its limits; only an ``init/`` that an earlier start of
+    this run.dir built for shorter ones can disagree."""
+    m = cfg.model
+    init = run_dir / "init"
+    if m.name == "tiny" and not (init / "config.json").exists():
+        return
+    check_encoder(str(init) if m.name == "tiny" else m.name,
+                  {"model.max_query_length": m.max_query_length, "model.max_passage_length": m.max_passage_length})
 
 
 def _stop_if_signalled() -> None:
@@ -197,6 +214,7 @@ def lock_run_dir(run_dir: Path, env: hdist.DistEnv) -> RunLock:
 
 
 def _train(cfg: Config, env: hdist.DistEnv, run_dir: Path, resume: str, accept_changes: bool) -> Path:
+    check_model(cfg, run_dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         launch = {"launcher": env.launcher, "world_size": env.world_size,
@@ -204,7 +222,7 @@ def _train(cfg: Config, env: hdist.DistEnv, run_dir: Path, resume: str, accept_c
         (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
 
     data = training_data(cfg, env)
-    eval_set = evaluation_set(cfg, data)
+    eval_set = evaluation_set(cfg, data, env)
     if cfg.train.hard_negatives and data.missing_negatives():
         raise InputError("train.hard_negatives", f"{data.missing_negatives():,} training pairs have no hard negatives")
     _stop_if_signalled()

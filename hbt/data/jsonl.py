@@ -37,11 +37,13 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def str_field(row: dict, key: str, where: str) -> str:
+    """``row[key]``, a string with more than whitespace in it (a blank query or passage
+    would be encoded as its special tokens alone), or an error naming ``where``."""
     if key not in row:
         raise InputError(where, f"missing field '{key}'")
     value = row[key]
-    if not isinstance(value, str) or not value:
-        raise InputError(where, f"field '{key}' should be a non-empty string")
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(where, f"field '{key}' should be a non-blank string, got {value!r}")
     return value
 
 
@@ -57,8 +59,8 @@ def corpus_from_rows(rows: Iterable[tuple[str, dict]], name: str, source: str) -
         item_id = str_field(row, "id", where)
         lang = check_language(str_field(row, "lang", where), f"{where} field 'lang'")
         negatives = row.get("negatives") or []
-        if not isinstance(negatives, list) or not all(isinstance(x, str) for x in negatives):
-            raise InputError(where, "field 'negatives' should be a list of strings")
+        if not isinstance(negatives, list) or not all(isinstance(x, str) and x.strip() for x in negatives):
+            raise InputError(where, "field 'negatives' should be a list of non-blank strings")
         title = row.get("title") or item_id
         if not isinstance(title, str):
             raise InputError(where, "field 'title' should be a string")

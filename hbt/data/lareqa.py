@@ -34,6 +34,14 @@ def _field(obj: Any, key: str, where: str, path: Path, kind: type | tuple[type, 
     return value
 
 
+def _text(value: Any, at: str, path: Path) -> str:
+    """A question or sentence: a string with more than whitespace in it (a blank one would
+    be encoded as its special tokens alone)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(str(path), f"'{at}' should be a non-blank string, got {value!r}")
+    return value
+
+
 def _read_json(path: Path) -> Any:
     try:
         with path.open(encoding="utf-8") as f:
@@ -57,7 +65,8 @@ def load_language_file(path: Path) -> tuple[str, list[tuple[str, str, Pair]], li
         title = _field(article, "title", where, path, str)
         for p, para in enumerate(_field(article, "paragraphs", where, path, list)):
             pw = f"{where}.paragraphs[{p}]"
-            sentences = _field(para, "sentences", pw, path, list)
+            sentences = [_text(text, f"{pw}.sentences[{s}]", path)
+                         for s, text in enumerate(_field(para, "sentences", pw, path, list))]
             breaks = _field(para, "sentence_breaks", pw, path, list)
             if len(sentences) != len(breaks):
                 raise InputError(str(path), f"'{pw}' has {len(sentences)} sentences but {len(breaks)} sentence_breaks")
@@ -65,7 +74,7 @@ def load_language_file(path: Path) -> tuple[str, list[tuple[str, str, Pair]], li
             for q, qa in enumerate(_field(para, "qas", pw, path, list)):
                 qw = f"{pw}.qas[{q}]"
                 qid = _field(qa, "id", qw, path, str)
-                question = _field(qa, "question", qw, path, str)
+                question = _text(_field(qa, "question", qw, path, str), f"{qw}.question", path)
                 answers = _field(qa, "answers", qw, path, list)
                 if not answers:
                     raise InputError(str(path), f"question {qid} ('{qw}.answers') has no answer")
@@ -89,7 +98,9 @@ def load_lareqa(path: Path) -> Corpus:
     """Load a directory of ``<lang>.json`` files (or one such file) as a parallel corpus."""
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     if not files:
-        raise InputError(str(path), "no <lang>.json files in this directory")
+        raise InputError(str(path), "no <lang>.json files in this directory (hbt reads a directory of LAReQA "
+                                    "<lang>.json files, of Parquet/JSONL shards, a save_to_disk dataset or a "
+                                    "retrieval benchmark: queries.jsonl, corpus.jsonl, qrels.txt)")
     items: dict[str, Item] = {}
     queries: dict[str, list[Query]] = {}
     candidates: dict[str, list[Candidate]] = {}

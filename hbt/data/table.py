@@ -157,21 +157,35 @@ def table_corpus(source: str, cache_dir: str, columns: dict[str, str] | None = N
     return dataset_corpus(ds, name, source)
 
 
+def any_corpus(source: str, cache_dir: str, is_main: bool = True, barrier: Callable[[], None] = lambda: None,
+               columns: dict[str, str] | None = None) -> Corpus:
+    """``source`` in any format hbt reads, as a parsed corpus: shards, saved and hub
+    datasets through :func:`table_corpus` (rank 0 converts them first, see
+    :func:`main_first`), everything else through :func:`hbt.data.load.load_corpus`. What
+    ``hbt eval``, ``eval.data`` and ``hbt mine`` read."""
+    if is_table_source(source):
+        return main_first(lambda: table_corpus(source, cache_dir, columns), is_main, barrier)
+    if columns:
+        raise InputError("--columns", "a column mapping applies to Parquet/JSONL shards and saved datasets only")
+    return load_corpus(source)
+
+
 def dataset_corpus(ds: datasets.Dataset, name: str, source: str, rows: Sequence[int] | None = None) -> Corpus:
     """The table (hbt's column names), or its ``rows`` (ascending), as a corpus: the one
     converter from the table model to :class:`Corpus`, through the generic format's
     checks (:func:`hbt.data.jsonl.corpus_from_rows`; errors name ``SOURCE row N``, the
-    table's own row number), so every corpus made of a table is a validated one."""
+    table's own row number from 1), so every corpus made of a table is a validated one."""
     return corpus_from_rows(_rows(ds, source, range(len(ds)) if rows is None else rows), name, source)
 
 
 def _rows(ds: datasets.Dataset, source: str, rows: Sequence[int], size: int = 10_000) -> Iterator[tuple[str, dict]]:
-    """(``SOURCE row N``, row) for every row of ``rows``, read ``size`` rows at a time."""
+    """(``SOURCE row N``, row) for every row of ``rows``, read ``size`` rows at a time; N
+    counts from 1, as a JSONL file's lines do."""
     for start in range(0, len(rows), size):
         part = rows[start:start + size]
         batch = ds[part]
         for n, values in zip(part, zip(*batch.values())):
-            yield f"{source} row {n}", dict(zip(batch, values))
+            yield f"{source} row {n + 1}", dict(zip(batch, values))
 
 
 def open_source(source: str, columns: dict[str, str], cache_dir: str) -> tuple[datasets.Dataset, Corpus | None]:

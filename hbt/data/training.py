@@ -133,17 +133,30 @@ def _titles(ds: datasets.Dataset) -> pa.ChunkedArray:
     return _strings(ds, "title" if "title" in ds.column_names else "id")
 
 
+# Blank: nothing but whitespace, as Python's str.strip() sees it (RE2's \s is ASCII only).
+# A regex match is a boolean per row; trimming would copy every text of the column first.
+_BLANK = r"^[\s\p{Z}\x0b\x1c-\x1f\x85]*$"
+
+
 def _check_values(ds: datasets.Dataset, where: str) -> None:
-    """No null or empty id, language, query, positive (they would train on nothing) or
-    title (where the column exists: hold-outs are chosen by it)."""
+    """No null, empty or blank id, language, query, positive (they would train on nothing)
+    or title (where the column exists: hold-outs are chosen by it), and no blank hard
+    negative. Rows are counted from 1, over the source's shards in name order, as the
+    lines of a JSONL file are."""
     for name in ("id", "lang", "query", "positive", *(["title"] if "title" in ds.column_names else [])):
         column = _strings(ds, name)
         if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
             raise InputError(where, f"column {name!r} should hold strings, not {column.type}")
-        bad = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_length(column), 0))  # null or empty
+        bad = pc.or_kleene(pc.is_null(column), pc.match_substring_regex(column, _BLANK))
         if pc.any(bad).as_py():
-            row = int(pc.index(bad, True).as_py())
-            raise InputError(where, f"row {row}: column {name!r} is empty")
+            raise InputError(where, f"row {int(pc.index(bad, True).as_py()) + 1}: column {name!r} is empty or blank")
+    negatives = ds.data.table.column("negatives") if "negatives" in ds.column_names else None
+    if negatives is not None and (pa.types.is_list(negatives.type) or pa.types.is_large_list(negatives.type)):
+        texts = pc.list_flatten(negatives)
+        bad = pc.or_kleene(pc.is_null(texts), pc.match_substring_regex(texts, _BLANK))
+        if pc.any(bad).as_py():
+            row = pc.list_parent_indices(negatives)[pc.index(bad, True).as_py()].as_py()
+            raise InputError(where, f"row {row + 1}: column 'negatives' holds an empty or blank text")
 
 
 def _hash_texts(column: pa.ChunkedArray) -> np.ndarray:
@@ -193,7 +206,7 @@ def _source_arrays(ds: datasets.Dataset, src: Source, where: str, held: set[str]
     twice = np.flatnonzero((item_code[1:] == item_code[:-1]) & (lang_code[1:] == lang_code[:-1]))
     if len(twice):
         row = int(rows[twice[0] + 1])
-        raise InputError(where, f"row {row}: item {_strings(ds, 'id')[row].as_py()!r} already has a "
+        raise InputError(where, f"row {row + 1}: item {_strings(ds, 'id')[row].as_py()!r} already has a "
                                 f"{_strings(ds, 'lang')[row].as_py()!r} row")
     counts = np.bincount(item_code)
     return {"rows": rows + row_base, "langs": lang_code, "passages": _hash_texts(_strings(ds, "positive"))[rows],

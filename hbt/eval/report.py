@@ -112,6 +112,8 @@ def write_outputs(results: dict, out: Path, title: str) -> None:
 def latest_metrics(run_dir: Path) -> Path:
     """A run's newest evaluation: ``eval/epoch-N/metrics.json`` with the largest N, or a
     ``metrics.json`` given directly or in the directory (``hbt eval --out``)."""
+    if not run_dir.exists():
+        raise InputError(str(run_dir), "no such file or directory")
     if run_dir.is_file():
         return run_dir
     direct = run_dir / "metrics.json"

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hbt import dist as hdist
-from hbt.data import load_corpus, split_corpus
+from hbt.data import split_corpus
+from hbt.data.split import parse_holdout
 from hbt.data.tokenize import TextSpec
-from hbt.model import BiEncoder, load_pretrained, resolve_model_name
+from hbt.errors import InputError, at_least
+from hbt.model import BiEncoder, check_encoder, load_pretrained, resolve_model_name
 
 
 @dataclass
@@ -27,6 +29,22 @@ class EvalArgs:
     k: int = 100
     batch_size: int = 128
     index: str = "flat"
+    cache_dir: str = ".cache/hbt"  # where shards are converted (data.cache_dir)
+
+    def validate(self) -> None:
+        """What used to fail only after every text was encoded (``--k 0``, ``--batch-size
+        0``, ``--out`` naming a file) or with a traceback (an unreadable ``@file``),
+        refused before anything is read."""
+        at_least(1, {"--k": self.k, "--batch-size": self.batch_size})
+        check_output_dir(self.out)
+        if self.holdout_titles:
+            parse_holdout(self.holdout_titles, key="--holdout-titles")
+
+
+def check_output_dir(out: Path) -> None:
+    """``--out`` of ``hbt eval`` and ``hbt mine`` is a directory they create or write into."""
+    if out.exists() and not out.is_dir():
+        raise InputError("--out", f"{out} is a file; name a directory for the outputs")
 
 
 def model_settings(model_dir: Path) -> dict:
@@ -53,12 +71,16 @@ def model_settings(model_dir: Path) -> dict:
 def text_spec(model: str, query_prefix: str | None = None, passage_prefix: str | None = None,
               max_length: int | None = None, pooling: str | None = None) -> tuple[TextSpec, str]:
     """How to encode with ``model``: what is given, else what was saved with the model
-    (:func:`model_settings`), else no prefixes, 128 tokens and mean pooling."""
-    model_dir = resolve_model_name(model)
+    (:func:`model_settings`), else no prefixes, 128 tokens and mean pooling. The token
+    limit is checked against the model's positions here (its config is read, no weights)."""
+    if max_length is not None:
+        at_least(1, {"--max-length": max_length})
+    model_dir = resolve_model_name(model, "--model")
     defaults = model_settings(Path(model_dir)) if Path(model_dir).is_dir() else {}
     pick = lambda given, key, fallback: given if given is not None else defaults.get(key) or fallback  # noqa: E731
     spec = TextSpec(pick(query_prefix, "query_prefix", ""), pick(passage_prefix, "passage_prefix", ""),
                     pick(max_length, "max_query_length", 128), pick(max_length, "max_passage_length", 128))
+    check_encoder(model, {"--max-length": max(spec.max_query_length, spec.max_passage_length)}, "--model")
     return spec, pick(pooling, "pooling", "mean")
 
 
@@ -66,7 +88,7 @@ def load_encoder(model: str, pooling: str, env: hdist.DistEnv) -> tuple[BiEncode
     """The bi-encoder and tokenizer of ``model``, on this rank's GPU when there is one."""
     import torch
 
-    encoder, tokenizer = load_pretrained(resolve_model_name(model))
+    encoder, tokenizer = load_pretrained(model, key="--model")
     bi = BiEncoder(encoder, pooling)
     if torch.cuda.is_available():
         bi = bi.to(f"cuda:{env.local_rank}")
@@ -75,15 +97,18 @@ def load_encoder(model: str, pooling: str, env: hdist.DistEnv) -> tuple[BiEncode
 
 def run_eval(a: EvalArgs) -> tuple[dict, hdist.DistEnv]:
     """Evaluate on every rank of the job that started this process; rank 0 writes the
-    outputs. Returns the results and the job's env (so the caller prints once)."""
+    outputs. Returns the results and the job's env (so the caller prints once). The
+    arguments and the model's config are checked first, then the data is read."""
+    from hbt.data.table import any_corpus
     from hbt.eval.report import write_outputs
     from hbt.eval.run import evaluate
 
-    corpus = load_corpus(a.data)
-    if a.holdout_titles:
-        _, corpus = split_corpus(corpus, a.holdout_titles, a.seed, key="--holdout-titles")
+    a.validate()
     spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
+    corpus = any_corpus(a.data, a.cache_dir, env.is_main, hdist.barrier)
+    if a.holdout_titles:
+        _, corpus = split_corpus(corpus, a.holdout_titles, a.seed, key="--holdout-titles")
     model, tokenizer = load_encoder(a.model, pooling, env)
     results = evaluate(model, tokenizer, corpus.retrieval, spec, env, a.settings, a.k, a.index, a.batch_size, env.is_main)
     if env.is_main:

@@ -34,8 +34,11 @@ class MineSettings:
         a, b = self.range
         if not 0 <= a < b:
             raise InputError("--range", f"expected a-b with 0 <= a < b, got {a}-{b}")
-        if self.max_score_ratio is not None and not self.max_score_ratio > 0:
-            raise InputError("--max-score-ratio", f"must be > 0, got {self.max_score_ratio}")
+        if self.max_score_ratio is not None and not 0 < self.max_score_ratio <= 1:
+            # above 1 it drops only negatives scoring above the positive: filtering nothing it is meant to
+            raise InputError("--max-score-ratio", f"must be in (0, 1], got {self.max_score_ratio}")
+        if self.seed < 0:  # numpy's generators take no negative seed (and would fail after the encoding)
+            raise InputError("--seed", f"must be >= 0, got {self.seed}")
         if self.batch_size < 1:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
         if self.pick not in ("sample", "top"):

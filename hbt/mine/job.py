@@ -44,21 +44,22 @@ def run_mine(a: MineArgs) -> tuple[dict, DistEnv]:
     returns mine.json's content (on every rank; rank 0 wrote it and the training data)
     and the job's env (so the caller prints once)."""
     from hbt import dist as hdist
-    from hbt.data.table import is_table_source
-    from hbt.eval.standalone import load_encoder, text_spec
+    from hbt.data.split import parse_holdout
+    from hbt.eval.standalone import check_output_dir, load_encoder, text_spec
 
     s = a.settings
     s.validate()
     if a.format not in ("jsonl", "parquet"):
         raise InputError("--format", f"expected jsonl or parquet, got {a.format!r}")
+    check_output_dir(a.out)
+    if a.holdout_titles:
+        parse_holdout(a.holdout_titles, key="--holdout-titles")
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    if a.columns and not is_table_source(a.data):
-        raise InputError("--columns", "a column mapping applies to Parquet/JSONL shards and saved datasets only")
+    spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
     corpus = mining_corpus(a, env)
     layout = MineLayout.of(corpus, s.languages, a.data)
-    spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     model, tokenizer = load_encoder(a.model, pooling, env)
     timings["load_s"] = time.perf_counter() - tick
     work = a.out / ".mine-work" / f"rank-{env.rank}"
@@ -89,16 +90,12 @@ def run_mine(a: MineArgs) -> tuple[dict, DistEnv]:
 
 
 def mining_corpus(a: MineArgs, env: DistEnv) -> Corpus:
-    """The corpus to mine, without its held-out titles; shards are converted by rank 0
-    while the other ranks wait, then read by all."""
+    """The corpus to mine (:func:`hbt.data.table.any_corpus`), without its held-out titles."""
     from hbt import dist as hdist
-    from hbt.data import load_corpus, split_corpus
-    from hbt.data.table import is_table_source, main_first, table_corpus
+    from hbt.data import split_corpus
+    from hbt.data.table import any_corpus
 
-    if is_table_source(a.data):
-        corpus = main_first(lambda: table_corpus(a.data, a.cache_dir, a.columns), env.is_main, hdist.barrier)
-    else:
-        corpus = load_corpus(a.data)
+    corpus = any_corpus(a.data, a.cache_dir, env.is_main, hdist.barrier, a.columns)
     if a.holdout_titles:
         corpus, _ = split_corpus(corpus, a.holdout_titles, a.holdout_seed, key="--holdout-titles")
     return corpus

@@ -86,7 +86,7 @@ def test_shard_sources_bad_input(tmp_path: Path) -> None:
     bad.mkdir()
     pq.write_table(pa.Table.from_pylist([row, {**row, "id": "b", "positive": None}]), bad / "part-0.parquet")
     out = run_hbt("data", "stats", str(bad), cache)
-    assert_one_line_error(out, str(bad), "row 1: column 'positive' is empty")
+    assert_one_line_error(out, str(bad), "row 2: column 'positive' is empty")
     out = run_hbt("train", "data.train=null", f"data.sources=[{{path: {bad}, columns: {{query: question}}}}]",
                   f"data.cache_dir={tmp_path / 'cache'}", f"run.dir={tmp_path / 'run'}")
     assert_one_line_error(out, str(bad), "no column 'question'")

@@ -102,7 +102,7 @@ def test_column_mapping_and_missing_columns(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda r: r[5].update(query=""), "row 5: column 'query' is empty"),
+    (lambda r: r[5].update(query=""), "row 6: column 'query' is empty"),
     (lambda r: r[7].update(lang="xx"), "column 'lang': unknown language code 'xx'"),
     (lambda r: r.append(dict(r[0])), "item 'syn000000' already has a"),
 ])
@@ -144,7 +144,7 @@ def test_the_held_out_corpus_is_its_rows_read_as_one_jsonl_file(tmp_path: Path) 
     bad = next(n for n, r in enumerate(rows) if r["title"] in titles)
     rows[bad]["lang"] = "xx"
     folder = write_parquet(rows, tmp_path / "bad", shards=1)
-    with pytest.raises(InputError, match=rf"bad row {bad} field 'lang': unknown language code 'xx'"):
+    with pytest.raises(InputError, match=rf"bad row {bad + 1} field 'lang': unknown language code 'xx'"):  # rows count from 1
         load_training_data([Source(path=str(folder))], str(tmp_path / "cache"), holdout=sorted(titles))
 
 
