@@ -115,7 +115,9 @@ class BareLoop:
         encoder, tok = load_pretrained(p["model"])
         self.device, self.bf16 = compute()
         self.model = BiEncoder(encoder, "mean").to(self.device).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.01)
+        # torch's fused AdamW, as hbt's engine runs it: the update is the same kernel in every
+        # contender, so what differs is what each adds around it
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=0.01, fused=True)
         self.pad_id = tok.pad_token_id
         self.batches = [(tok(q, truncation=True, max_length=p["lengths"][0])["input_ids"],
                          tok(d, truncation=True, max_length=p["lengths"][1])["input_ids"]) for q, d in text_batches(p, steps)]

@@ -26,14 +26,16 @@ import os
 import random
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from hbt import fingerprint as run_fingerprint
 from hbt.dist import DistEnv, barrier
+from hbt.errors import InputError, writing
 
 
 MANIFEST = "manifest.json"
@@ -156,25 +158,44 @@ class Checkpointer:
             _write_atomically(self.pointer, tag)
 
     def save(self, engine, step: int, client_state: dict) -> str:
+        """Write checkpoint ``step`` on every rank (see the module's docstring). A full disk
+        ends the job with one line (:func:`hbt.errors.writing`) naming the checkpoint, once
+        its unfinished directory is removed (it would keep the disk full); the previous
+        checkpoint and ``latest`` are untouched."""
         tag, tmp = f"step-{step:08d}", f"tmp-step-{step:08d}"
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.root / tmp, ignore_errors=True)
         barrier()
-        engine.save_checkpoint(str(self.root), tag=tmp, client_state=client_state, save_latest=False)
-        torch.save(rng_state(), self.root / tmp / f"rng-rank{self.rank}.pt")
+        with self._writing(self.root / tmp):
+            engine.save_checkpoint(str(self.root), tag=tmp, client_state=client_state, save_latest=False)
+            torch.save(rng_state(), self.root / tmp / f"rng-rank{self.rank}.pt")
         barrier()
         if self.rank == 0:
-            if self.fingerprint is not None:
-                run_fingerprint.write(self.root / tmp, self.fingerprint)
-            write_manifest(self.root / tmp)
-            _fsync_tree(self.root / tmp)
+            with self._writing(self.root / tmp):
+                if self.fingerprint is not None:
+                    run_fingerprint.write(self.root / tmp, self.fingerprint)
+                write_manifest(self.root / tmp)
+                _fsync_tree(self.root / tmp)
             shutil.rmtree(self.root / tag, ignore_errors=True)
             os.replace(self.root / tmp, self.root / tag)
             _write_atomically(self.pointer, tag)
             self._prune(keep=tag)
         barrier()
         return tag
+
+    @contextmanager
+    def _writing(self, folder: Path) -> Iterator[None]:
+        """:func:`hbt.errors.writing` for an unfinished checkpoint ``folder``: removed on a
+        full disk, and the error says what is safe."""
+        try:
+            with writing(folder):
+                yield
+        except InputError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            latest = self.latest()
+            safe = f"the last complete checkpoint, {latest}, is intact" if latest else "no checkpoint was written yet"
+            raise InputError(e.where, f"{e.problem}; {safe}") from None
 
     def _prune(self, keep: str) -> None:
         tags = self.tags()

@@ -143,10 +143,12 @@ def gather_objects(obj: T, env: DistEnv) -> list[T]:
     return out
 
 
-def all_mean(value: torch.Tensor) -> float:
+def all_mean(value: float) -> float:
+    """The mean of ``value`` over ranks (the value itself on one rank, with no tensor made)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value.item()
-    t = value.detach().clone().double()
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    t = torch.tensor(value, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()
 

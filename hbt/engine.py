@@ -235,10 +235,11 @@ class Engine:
             loss = self._micro_step(batch)
             if on_gradients is not None and (self.state.micro + 1) % t.grad_accum == 0:
                 on_gradients()
-            stop, bad = all_max([float(signals.received()), float(not torch.isfinite(loss).item())])
+            value = loss.item()  # the one wait for the device per contrastive batch: agreeing on a NaN needs it
+            stop, bad = all_max([float(signals.received()), float(not math.isfinite(value))])
             if bad:
                 raise self._diverged(epoch)
-            step_loss += loss.item()
+            step_loss += value
             lr = self.engine.get_lr()[0]  # the rate this step applies (step() moves the schedule on)
             self.engine.step()
             self.state.micro += 1
@@ -247,7 +248,7 @@ class Engine:
             self.state.step += 1
             now = time.perf_counter()
             kind = self.sampler.plan()[self.sampler.cursor - 1].label
-            monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(torch.tensor(step_loss / t.grad_accum)),
+            monitor.step({"step": self.state.step, "epoch": epoch, "loss": all_mean(step_loss / t.grad_accum),
                           "lr": lr, "samples_per_s": t.batch_size * t.grad_accum / (now - tick),
                           "data_wait": step_wait / (now - tick), "batch": kind})
             step_loss = step_wait = 0.0

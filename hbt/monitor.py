@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hbt.errors import writing
+
 
 def rewind(run_dir: Path, step: int, evaluated: int) -> None:
     """Drop what a run resumed from optimizer step ``step``'s checkpoint will log again,
@@ -82,8 +84,9 @@ class Monitor:
         self.mix[record["batch"]] += 1
         total = sum(self.mix.values())
         record = {**record, "mix": {k: round(v / total, 4) for k, v in sorted(self.mix.items())}}
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        with writing(Path(self.metrics.name)):
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
         step = record["step"]
         for key in ("loss", "lr", "samples_per_s", "data_wait"):
             self.tb.add_scalar(f"train/{key}", record[key], step)
@@ -97,8 +100,9 @@ class Monitor:
         """An evaluation's headline numbers: a line on the console, JSONL, TensorBoard."""
         if not self.enabled:
             return
-        self.evals.write(json.dumps({"step": step, "eval": label, **summary}) + "\n")
-        self.evals.flush()
+        with writing(Path(self.evals.name)):
+            self.evals.write(json.dumps({"step": step, "eval": label, **summary}) + "\n")
+            self.evals.flush()
         for key, value in summary.items():
             self.tb.add_scalar(f"eval/{key}", value, step)
         self.bar.write(f"eval {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))

@@ -72,7 +72,11 @@ def in_batch_order(pieces: list[torch.Tensor], chunks: list[torch.Tensor]) -> to
 
 def encode_chunked(encode: Callable[[Batch], torch.Tensor], batch: Batch, max_tokens: int | None) -> torch.Tensor:
     """``encode(batch)`` done in length-sorted chunks of at most ``max_tokens`` padded
-    tokens (see :func:`length_chunks`); the same embeddings, in the same order."""
+    tokens (see :func:`length_chunks`); the same embeddings, in the same order.
+    Without a budget, one pass over the batch as it is (a collated batch is already cut
+    to its longest text), with no sorting or re-ordering to dispatch."""
+    if max_tokens is None:
+        return encode(batch)
     chunks = length_chunks(batch["attention_mask"], max_tokens)
     return in_batch_order([encode(take(batch, rows)) for rows in chunks], chunks)
 

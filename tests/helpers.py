@@ -126,8 +126,9 @@ def steps_per_epoch(args: list[str]) -> int:
 # --- bad input ---------------------------------------------------------------------------
 
 def status_line(line: str) -> bool:
-    """A status line that may precede an error: datasets' progress bars and the one-off index report."""
-    return "examples/s]" in line or line.startswith("indexed ")
+    """A status line that may precede an error: datasets' progress bars, the one-off index
+    report, and tqdm's bars (training's, an evaluation's) for an error that comes mid-run."""
+    return "examples/s]" in line or line.startswith("indexed ") or "%|" in line
 
 
 def assert_one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:

@@ -35,10 +35,10 @@ def test_a_saved_auto_precision_is_taken_as_what_auto_runs_as_here() -> None:
     equal to what auto resolves to on this machine, and unequal to anything else."""
     saved = {"data": "d", "tokenizer": "t", "model": "m", "deepspeed": "z", "config": {"train.precision": "auto", "train.lr": 0.1}}
     now = {**saved, "config": {"train.precision": "fp32", "train.lr": 0.1}}
-    assert differences(saved, now, auto_precision="fp32") == []
-    assert differences(saved, now, auto_precision="bf16") == ["train.precision ('auto' -> 'fp32')"]
+    assert differences(saved, now, auto_precision="fp32") == {}
+    assert differences(saved, now, auto_precision="bf16") == {"train.precision": "train.precision ('auto' -> 'fp32')"}
     assert differences(now, {**now, "config": {"train.precision": "bf16", "train.lr": 0.1}}, auto_precision="bf16") == \
-        ["train.precision ('fp32' -> 'bf16')"]  # only a saved "auto" is read that way
+        {"train.precision": "train.precision ('fp32' -> 'bf16')"}  # only a saved "auto" is read that way
 
 
 SINGLE = DistEnv(0, 1, 0, "127.0.0.1", 0, "single")
