@@ -14,6 +14,10 @@ embeddings, same order, same gradients up to float rounding):
   these lengths, is computed per text, in length-sorted groups padded to their own
   longest. Needs an encoder whose positions are plain absolute ones and whose attention
   goes through transformers' attention interface (:func:`position_offset` says which).
+  On a GPU, where FlashAttention's variable-length kernel can run (half precision, no
+  attention dropout: :func:`varlen_usable`), attention too is one call over the whole
+  row, each text attending to itself by its offsets (:func:`varlen_side`), with no
+  groups and no padding at all.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+try:  # torch >= 2.10 (CUDA only: on a CPU it raises NotImplementedError)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
 
 Batch = dict[str, torch.Tensor]
 
@@ -134,14 +143,17 @@ class Packed:
     input_ids: torch.Tensor  # [1, T], the texts end to end
     position_ids: torch.Tensor  # [1, T], each text's own positions
     slots: torch.Tensor  # [T]: each packed token's place in the padded batch, flattened
-    groups: tuple[Group, ...]
-    back: torch.Tensor  # [T]: each packed token's row in the groups' padded outputs, concatenated
+    groups: tuple[Group, ...]  # empty where attention is one varlen call
+    back: torch.Tensor | None  # [T]: each packed token's row in the groups' padded outputs, concatenated
+    offsets: torch.Tensor | None = None  # [rows + 1] int32: where each text starts in the row, for varlen_attn
+    longest: int = 0  # the longest text, for varlen_attn
 
 
-def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int) -> Packed:
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int, varlen: bool = False) -> Packed:
     """A padded batch packed into one row, with the attention groups of its texts
-    (:func:`length_chunks` of :data:`ATTENTION_GROUP_TOKENS`). Every text needs a token:
-    an empty one would attend to nothing (NaN)."""
+    (:func:`length_chunks` of :data:`ATTENTION_GROUP_TOKENS`), or with ``varlen`` the
+    texts' offsets in the row instead. Every text needs a token: an empty one would
+    attend to nothing (NaN)."""
     device = input_ids.device
     real = attention_mask.bool()
     lengths = real.sum(1)
@@ -150,6 +162,9 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int) -> 
     slots = real.flatten().nonzero().squeeze(1)
     starts = lengths.cumsum(0) - lengths
     positions = (real.cumsum(1) - 1)[real] + offset  # each text's own positions, whichever side is padded
+    if varlen:
+        offsets = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        return Packed(input_ids.flatten()[slots][None], positions[None], slots, (), None, offsets, int(lengths.max()))
     total = slots.numel()
     groups, back, base = [], torch.empty_like(slots), 0
     for members in length_chunks(attention_mask, ATTENTION_GROUP_TOKENS):
@@ -167,11 +182,33 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int) -> 
 def packed_hidden(encoder: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``encoder(input_ids, attention_mask).last_hidden_state`` computed packed: the same
     [rows, width, hidden] tensor (zeros at padding), without computing the padding."""
-    packed = pack(input_ids, attention_mask, position_offset(encoder))
+    packed = pack(input_ids, attention_mask, position_offset(encoder), varlen=varlen_usable(encoder, input_ids))
     hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids, hbt_packed=packed).last_hidden_state[0]
     rows, width = attention_mask.shape
     out = hidden.new_zeros(rows * width, hidden.shape[-1]).index_copy(0, packed.slots, hidden)
     return out.view(rows, width, -1)
+
+
+def varlen_usable(encoder: PreTrainedModel, input_ids: torch.Tensor) -> bool:
+    """Whether attention can be one :func:`varlen_side` call: FlashAttention's kernel runs
+    on CUDA only, in half precision only (bf16 weights, or a forward under autocast),
+    and draws no attention dropout, so a training forward of an encoder with attention
+    dropout keeps to the groups (which drop out as the padded encoder does)."""
+    if varlen_attn is None or not input_ids.is_cuda:
+        return False
+    half = encoder.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
+    dropout = encoder.training and getattr(encoder.config, "attention_probs_dropout_prob", 0.0) > 0
+    return half and not dropout
+
+
+def varlen_side(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: Packed,
+                scaling: float | None) -> torch.Tensor:
+    """Attention over a packed row ([1, heads, T, dim] each) in one variable-length call:
+    every text attends to its own tokens only; returns [1, T, heads, dim]."""
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, dim]
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else q.dtype
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    return varlen_attn(q, k, v, packed.offsets, packed.offsets, packed.longest, packed.longest, scale=scaling)[None]
 
 
 def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -183,6 +220,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     packed model's encoder) it is transformers' SDPA attention."""
     if hbt_packed is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if hbt_packed.offsets is not None:
+        return varlen_side(query, key, value, hbt_packed, scaling), None
     heads, dim = query.shape[1], query.shape[3]
     outs = []
     for g in hbt_packed.groups:

@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel, XLMRobertaConfig,
@@ -89,6 +90,51 @@ def test_packing_holds_for_any_lengths_and_group_budget(lengths: list[int], grou
         assert_same(padded, packed, batch(lengths))
     finally:
         padding.ATTENTION_GROUP_TOKENS = original
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=None) -> torch.Tensor:
+    """``varlen_attn``'s contract ([T, heads, dim] in and out, each text attending to its
+    own span of ``cu_q``) in plain SDPA, text by text: the kernel itself runs only on CUDA
+    (test_varlen_attention_on_cuda_gives_the_padded_embeddings), this checks hbt's side
+    of the call (offsets, layout, shapes) on any machine."""
+    outs = []
+    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        span = [t[a:b].transpose(0, 1) for t in (q, k, v)]  # [heads, length, dim]
+        outs.append(F.scaled_dot_product_attention(*span, scale=scale).transpose(0, 1))
+    assert max(b - a for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist())) == max_q == max_k
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_varlen_layout_gives_the_padded_embeddings_and_gradients(family: str, monkeypatch) -> None:
+    monkeypatch.setattr(padding, "varlen_attn", reference_varlen)
+    monkeypatch.setattr(padding, "varlen_usable", lambda encoder, input_ids: True)
+    part = batch([3, 17, 1, 9, 30, 30, 12, 5, 22, 2, 8, 16, 25])
+    padded = tiny(family)
+    packed = copy.deepcopy(padded)
+    packed.pack()
+    layout = padding.pack(part["input_ids"], part["attention_mask"], padding.position_offset(packed.encoder), varlen=True)
+    assert layout.groups == () and layout.offsets.tolist()[-1] == int(part["attention_mask"].sum())
+    assert_same(padded, packed, part)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or padding.varlen_attn is None, reason="varlen_attn runs on CUDA only")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_varlen_attention_on_cuda_gives_the_padded_embeddings(family: str) -> None:
+    """On a GPU: bf16 packed through FlashAttention's varlen kernel against the padded
+    encoder in bf16 (1e-2 relative), and fp32 packed (attention groups: the kernel has no
+    fp32) against padded fp32 (1e-5)."""
+    part = {k: v.cuda() for k, v in batch([3, 17, 1, 9, 30, 30, 12, 5, 22, 2, 8, 16, 25]).items()}
+    for dtype, tolerance in ((torch.bfloat16, 1e-2), (torch.float32, 1e-5)):
+        padded = tiny(family).cuda().to(dtype)
+        packed = copy.deepcopy(padded)
+        packed.pack()
+        assert padding.varlen_usable(packed.encoder, part["input_ids"]) == (dtype == torch.bfloat16)
+        emb_a, grads_a = outputs(padded, part)
+        emb_b, grads_b = outputs(packed, part)
+        assert ((emb_a - emb_b).abs().max() / emb_a.abs().max()).item() <= tolerance, dtype
+        for name in grads_a:
+            assert ((grads_a[name] - grads_b[name]).abs().max() / grads_a[name].abs().max().clamp(min=1e-12)).item() <= tolerance, (dtype, name)
 
 
 def test_padded_calls_through_a_packed_encoder_are_plain_sdpa() -> None:
