@@ -26,6 +26,11 @@ bf16 (as ``hbt train``'s ``train.precision=auto`` does), else on the CPU in fp32
 
     python bench/train_step.py --preset tiny,me5 --batch 32,128 --rounds 3   # me5 needs ../shared
     python bench/train_step.py --preset me5 --contenders bare,bare-chunked --chunk-tokens packed,256,512,1024
+    python bench/train_step.py --preset e5-sized --batch 32,128,512   # random weights, no ../shared: the device check's
+
+On a GPU whose bf16 peak is known (BF16_PEAK) each table also gives every contender's
+model FLOPs utilisation: model FLOPs per step (:func:`model_flops_per_sample`) over the
+step time and the peak.
 """
 
 from __future__ import annotations
@@ -49,7 +54,13 @@ PRESETS = {
              "lengths": (16, 32), "batch": 64, "steps": 40, "warmup": 5},
     "me5": {"model": "../shared/models/me5-small-xquad", "data": "../shared/data/xquad-r", "prefixes": ("query: ", "passage: "),
             "lengths": (32, 64), "batch": 32, "steps": 8, "warmup": 2},
+    # e5-small's size with random weights (bench/e5_sized.py, written to a temporary
+    # directory unless --model names one) and the built-in corpus: nothing needs ../shared
+    "e5-sized": {"model": None, "data": "synthetic:items=5000,languages=4,seed=0", "prefixes": ("query: ", "passage: "),
+                 "lengths": (32, 64), "batch": 128, "steps": 30, "warmup": 5},
 }
+# Dense bf16 peak of the GPUs whose MFU is printed (their data sheets, FLOP/s).
+BF16_PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362.1e12}
 LR, TEMP = 2e-5, 0.05
 Budget = int | str | None  # a train.chunk_tokens value: tokens per chunk, "packed", or None (one padded pass)
 
@@ -63,6 +74,36 @@ def compute() -> tuple[str, bool]:
     from hbt.resolve import precision
 
     return "cuda" if torch.cuda.is_available() else "cpu", precision("auto") == "bf16"
+
+
+def bf16_peak() -> float | None:
+    """This GPU's dense bf16 peak, where :data:`BF16_PEAK` knows it (None on a CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for gpu, peak in BF16_PEAK.items() if gpu in name), None)
+
+
+def model_flops_per_sample(p: dict, steps: int) -> float:
+    """Training FLOPs of one (query, passage) pair of the preset's batches, from their real
+    token counts (padding is not model work): per text of L tokens, 6 x the encoder's
+    linear weights x L (forward 2, backward 4) plus 12 x layers x hidden x L^2 (attention
+    scores and their weighted sum, forward and backward). Embedding lookups and the loss
+    are left out, as MFU conventionally does."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config, tok = AutoConfig.from_pretrained(p["model"]), AutoTokenizer.from_pretrained(p["model"])
+    h, layers = config.hidden_size, config.num_hidden_layers
+    linear = layers * (4 * h * h + 2 * h * config.intermediate_size)
+    total = pairs = 0
+    for queries, passages in text_batches(p, steps):
+        for texts, limit in ((queries, p["lengths"][0]), (passages, p["lengths"][1])):
+            lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=limit)["input_ids"]]
+            total += sum(6 * linear * n + 12 * layers * h * n * n for n in lengths)
+        pairs += len(queries)
+    return total / pairs
 
 
 def synchronize(device: str) -> None:
@@ -250,6 +291,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help=f"comma-separated, of {', '.join(PRESETS)}")
+    parser.add_argument("--model", help="the encoder directory (default: the preset's; e5-sized: one written to a temporary directory)")
     parser.add_argument("--batch", help="contrastive batch sizes, comma-separated (default: the preset's)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, of {', '.join(CONTENDERS)}")
     import torch
@@ -266,8 +308,27 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     budgets: list[Budget] = [None if b == "null" else b if b == "packed" else int(b) for b in args.chunk_tokens.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args, budgets, tmp)
+
+
+def preset_of(name: str, model: str | None, tmp: str) -> dict:
+    """The preset, its model from --model, or for e5-sized one written under ``tmp``."""
+    p = dict(PRESETS[name])
+    if model:
+        p["model"] = model
+    elif p["model"] is None:
+        from e5_sized import write_e5_sized
+
+        p["model"] = str(write_e5_sized(Path(tmp) / name))
+    return p
+
+
+def run(args: argparse.Namespace, budgets: list[Budget], tmp: str) -> None:
+    """The measurements ``args`` ask for (models written into ``tmp`` where needed)."""
     if args.sweep:
-        p = {**PRESETS[args.preset], "batch": int(args.batch or PRESETS[args.preset]["batch"])}
+        p = preset_of(args.preset, args.model, tmp)
+        p["batch"] = int(args.batch or p["batch"])
         steps, warmup = args.steps or p["steps"], args.warmup or p["warmup"]
         rates = sweep(p, steps, warmup, budgets)
         print(f"{machine()}\n{p['model']}, contrastive batch {p['batch']}, bare loop, {steps} batches ({warmup} warm-up), "
@@ -276,23 +337,31 @@ def main() -> None:
             print(f"  chunk_tokens={b}: {rate:.1f} ({rate / rates.get('None', rate):.2f})")
         return
     if args.child:
-        p = {**PRESETS[args.preset], "batch": int(args.batch)}
+        p = {**preset_of(args.preset, args.model, tmp), "batch": int(args.batch)}
         print(json.dumps({"samples_per_s": CONTENDERS[args.child](p, args.steps, args.warmup, budgets[0])}))
         return
     print(machine())
     names = args.contenders.split(",")
+    peak = bf16_peak()
     for preset in args.preset.split(","):
-        p = PRESETS[preset]
+        p = preset_of(preset, args.model, tmp)
         steps, warmup = args.steps or p["steps"], args.warmup or p["warmup"]
         for batch in [int(b) for b in args.batch.split(",")] if args.batch else [p["batch"]]:
+            flops = model_flops_per_sample({**p, "batch": batch}, steps) if peak else None
             print(f"\n{p['model']}, contrastive batch {batch}, max lengths {p['lengths'][0]}/{p['lengths'][1]}, {steps} steps ({warmup} warm-up), "
-                  f"chunks of {args.chunk_tokens} tokens, medians of {args.rounds} rounds, contenders alternating\n")
-            command = [sys.executable, __file__, "--preset", preset, "--batch", str(batch), "--steps", str(steps),
+                  f"chunks of {args.chunk_tokens} tokens, medians of {args.rounds} rounds, contenders alternating"
+                  + (f"; MFU: {flops / 1e9:.2f} model GFLOPs per pair / bf16 peak {peak / 1e12:.0f} TFLOP/s" if peak else "") + "\n")
+            command = [sys.executable, __file__, "--preset", preset, "--model", p["model"], "--batch", str(batch), "--steps", str(steps),
                        "--warmup", str(warmup), "--child"]
             contenders = {label(name, budget, len(budgets) > 1): partial(child, [*command, name, "--chunk-tokens", "null" if budget is None else str(budget)])
                           for name in names for budget in (budgets if name in CHUNKED else budgets[:1])}
             results = alternate(contenders, args.rounds)
-            print(median_table(results, {"samples_per_s": "samples/s"}, ratios=["samples_per_s"], label="contender",
+            columns = {"samples_per_s": "samples/s"}
+            if peak:
+                for run_result in (r for runs in results.values() for r in runs):
+                    run_result["mfu"] = 100 * run_result["samples_per_s"] * flops / peak
+                columns["mfu"] = "MFU %"
+            print(median_table(results, columns, ratios=["samples_per_s"], label="contender",
                                runs_of="samples_per_s", digits=1))
             print(f"\n{summary(results)}", flush=True)
 
