@@ -134,7 +134,7 @@ def status_line(line: str) -> bool:
 def assert_one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit 2, no traceback, and one line on stderr (after status lines) holding every needle."""
     assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
-    lines = [line for line in out.stderr.strip().splitlines() if not status_line(line)]
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip() and not status_line(line)]  # tqdm's \r: blank lines
     assert len(lines) == 1, out.stderr
     assert "Traceback" not in out.stderr
     for needle in needles:

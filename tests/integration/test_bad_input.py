@@ -286,7 +286,7 @@ def test_a_full_disk_is_one_line_naming_what_could_not_be_written(tmp_path: Path
 
     run = small_disk / "run"
     out = run_hbt("train", *overrides(tmp_path, "unused", f"run.dir={run}", "train.max_steps=4", "train.checkpoint_every=2",
-                                      "data.holdout_titles=null", "train.keep_checkpoints=2"))
+                                      "train.keep_checkpoints=2"))
     assert_one_line_error(out, f"{run / 'checkpoints' / 'tmp-step-00000004'}: cannot write: no space left",
                           "the last complete checkpoint, step-00000002, is intact")
     checkpoints = run / "checkpoints"
