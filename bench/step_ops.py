@@ -10,7 +10,9 @@ autograd and autocast), except those inside the model's forward and inside autog
 backward; the loss, the optimizer, gradient clipping and whatever the engine does
 between steps are in. Per step: the median over ``--steps`` steps after one warm-up
 step; the bare loop runs the same batches (hbt's plan, one padded pass per side) and is
-the baseline of the ratios.
+the baseline of the ratios. Views (reshapes, slices, detaches: metadata, no kernel on a
+GPU) and host syncs (``.item()``, where the CPU stops queueing work until the GPU
+catches up) are also given apart.
 
     python bench/step_ops.py                      # a random-weight e5-small-sized model
     python bench/step_ops.py --model ../shared/models/me5-small-xquad
@@ -19,6 +21,7 @@ the baseline of the ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -57,7 +60,7 @@ class OutsideOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.depth == 0 and torch._C._current_autograd_node() is None:
-            self.steps[-1][func.overloadpacket.__name__] += 1
+            self.steps[-1][func] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -67,16 +70,21 @@ def preset(model: str, batch: int) -> dict:
             "batch": batch}
 
 
-def per_step(counter: OutsideOps, steps: int) -> tuple[int, Counter]:
-    """The median count over the ``steps`` whole steps after the warm-up, and the most
-    dispatched operators of the median step."""
+def per_step(counter: OutsideOps, steps: int) -> dict:
+    """The median step of the ``steps`` whole steps after the warm-up: its operators, how
+    many of them are views (metadata only: no kernel on a GPU), how many copy a value to
+    the host (``.item()``: the CPU waits for the GPU there), and the most dispatched."""
     whole = counter.steps[2:2 + steps]  # [0]: before the first mark; [1]: the warm-up step
     counts = [sum(c.values()) for c in whole]
-    middle = whole[counts.index(sorted(counts)[len(counts) // 2])]
-    return int(statistics.median(counts)), middle
+    step = whole[counts.index(sorted(counts)[len(counts) // 2])]
+    names: Counter = Counter()
+    for func, n in step.items():
+        names[func.overloadpacket.__name__] += n
+    return {"ops": sum(step.values()), "views": sum(n for func, n in step.items() if func.is_view),
+            "syncs": names["_local_scalar_dense"], "top": names.most_common(4)}
 
 
-def bare_ops(p: dict, steps: int, bf16: bool, grad_clip: float) -> tuple[int, Counter]:
+def bare_ops(p: dict, steps: int, bf16: bool, grad_clip: float) -> dict:
     """The bare loop of bench/train_step.py (AdamW, autocast in bf16), each step marked
     after its optimizer step."""
     from train_step import BareLoop
@@ -95,7 +103,7 @@ def bare_ops(p: dict, steps: int, bf16: bool, grad_clip: float) -> tuple[int, Co
     return per_step(counter, steps)
 
 
-def hbt_ops(p: dict, steps: int, stage: int, precision: str, grad_clip: float) -> tuple[int, Counter]:
+def hbt_ops(p: dict, steps: int, stage: int, precision: str, grad_clip: float) -> dict:
     """hbt's engine on one rank (gloo), as ``hbt train`` builds it, each step marked when
     its gradients are complete (``Engine.fit``'s ``on_gradients``)."""
     from hbt import dist as hdist
@@ -139,9 +147,9 @@ def main() -> None:
     if args.cell:
         kind, stage, precision = args.cell.split(":")
         p = preset(args.model, args.batch)
-        n, top = (bare_ops(p, args.steps, precision == "bf16", args.grad_clip) if kind == "bare" else
+        result = (bare_ops(p, args.steps, precision == "bf16", args.grad_clip) if kind == "bare" else
                   hbt_ops(p, args.steps, int(stage), precision, args.grad_clip))
-        print(json_line(n, top))
+        print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -151,26 +159,25 @@ def main() -> None:
             model = str(write_e5_sized(Path(tmp) / "e5-sized"))
         print(f"{machine()}\n{model}, contrastive batch {args.batch}, grad clip {args.grad_clip or 'off'}; ATen operators "
               f"per optimizer step outside forward and backward (median of {args.steps} steps after 1 warm-up)\n")
-        print("| contender | ZeRO | precision | operators / step | vs bare (same precision) | most dispatched |")
-        print("|---|---:|---|---:|---:|---|")
-        bare: dict[str, int] = {}
-        for kind, stage, precision in CELLS:
-            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + len(bare) + 10 * (stage or 0)), "RANK": "0",
-                   "WORLD_SIZE": "1", "LOCAL_RANK": "0", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+        print("| contender | ZeRO | precision | operators / step | vs bare (same precision) | of which views | "
+              "kernels (not views) vs bare | host syncs | most dispatched |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---|")
+        bare: dict[str, dict] = {}
+        for n, (kind, stage, precision) in enumerate(CELLS):
+            # one rank of its own process group per cell (ZeRO needs one), on a port of its own
+            env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + n), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+            if not torch.cuda.is_available():
+                env["DS_ACCELERATOR"] = "cpu"
             cmd = [sys.executable, __file__, "--model", model, "--batch", str(args.batch), "--steps", str(args.steps),
                    "--grad-clip", str(args.grad_clip), "--cell", f"{kind}:{stage}:{precision}"]
-            result = benchlib.child(cmd, env=env if torch.cuda.is_available() is False else {k: v for k, v in env.items() if k != "DS_ACCELERATOR"})
+            result = benchlib.child(cmd, env=env)
             if kind == "bare":
-                bare[precision] = result["ops"]
-            top = ", ".join(f"{name} {n}" for name, n in result["top"])
+                bare[precision] = result
+            base = bare[precision]
+            kernels = (result["ops"] - result["views"]) / (base["ops"] - base["views"])
+            top = ", ".join(f"{name} {count}" for name, count in result["top"])
             print(f"| {kind} | {'' if stage is None else stage} | {precision} | {result['ops']:,} | "
-                  f"{result['ops'] / bare[precision]:.2f} | {top} |", flush=True)
-
-
-def json_line(n: int, top: Counter) -> str:
-    import json
-
-    return json.dumps({"ops": n, "top": top.most_common(4)})
+                  f"{result['ops'] / base['ops']:.2f} | {result['views']:,} | {kernels:.2f} | {result['syncs']} | {top} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def deepspeed_config(train: TrainConfig, resolved: Resolved, world_size: int) ->
         "train_micro_batch_size_per_gpu": per_rank,
         "gradient_accumulation_steps": train.grad_accum,
         "train_batch_size": per_rank * world_size * train.grad_accum,
-        "gradient_clipping": train.grad_clip,
+        "gradient_clipping": 0.0 if clips_in_torch(resolved) else train.grad_clip,
         # torch's fused AdamW (CPU and CUDA), not DeepSpeed's FusedAdam: that one is compiled
         # on first use, which needs nvcc on every node and failed on an H200 (DeepSpeed
         # 0.19.8 cannot read the "9.0a" architecture in TORCH_CUDA_ARCH_LIST); the update is
@@ -65,6 +65,16 @@ def deepspeed_config(train: TrainConfig, resolved: Resolved, world_size: int) ->
     ds.setdefault("zero_optimization", {"stage": 0})
     ds.pop("scheduler", None)  # the schedule is hbt's (see linear_schedule), not the JSON's
     return ds
+
+
+def clips_in_torch(resolved: Resolved) -> bool:
+    """Without ZeRO, the gradient is clipped by torch's multi-tensor ``clip_grad_norm_``
+    (in :meth:`Engine._train_epoch`), not DeepSpeed's, which takes each parameter's norm and scales
+    it apart: hundreds of tiny kernels a step (docs/BENCHMARKS.md §1, operators per step).
+    The clip is the same: the global norm over every gradient, scaled down past the limit.
+    Under ZeRO 1-3 the gradient lives in the stage's partitions, which only DeepSpeed's
+    clipping sees whole."""
+    return resolved.zero_stage == 0
 
 
 def linear_schedule(train: TrainConfig, total_steps: int) -> Callable:
@@ -241,6 +251,8 @@ class Engine:
                 raise self._diverged(epoch)
             step_loss += value
             lr = self.engine.get_lr()[0]  # the rate this step applies (step() moves the schedule on)
+            if self.cfg.train.grad_clip > 0 and clips_in_torch(self.resolved) and self.engine.is_gradient_accumulation_boundary():
+                torch.nn.utils.clip_grad_norm_(self.engine.module.parameters(), self.cfg.train.grad_clip, foreach=True)
             self.engine.step()
             self.state.micro += 1
             if self.state.micro % t.grad_accum:

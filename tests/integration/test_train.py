@@ -220,3 +220,19 @@ def test_pretrained_encoder_with_e5_prefixes(tmp_path: Path) -> None:
     assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
     settings = json.loads((tmp_path / "me5" / "model" / "hbt.json").read_text())
     assert settings["query_prefix"] == "query: " and settings["passage_prefix"] == "passage: "
+
+
+def test_gradient_clipping_without_zero_is_deepspeeds_under_zero(tmp_path: Path) -> None:
+    """Without ZeRO hbt clips with torch's multi-tensor clip_grad_norm_, under ZeRO 2
+    DeepSpeed clips its partitions: at a limit every step exceeds, the two train to the
+    same losses, and unclipped training does not (so the clip is doing something)."""
+    runs = {}
+    for name, stage, clip in (("z0", 0, 0.05), ("z2", 2, 0.05), ("z0-off", 0, 0.0)):
+        args = overrides(tmp_path, name, "model.dropout=0.0", "train.max_steps=4", f"train.grad_clip={clip}",
+                         f"train.deepspeed=configs/deepspeed/zero{stage}.json", "eval.every_epoch=false")
+        ok(run_hbt("train", *args))
+        runs[name] = losses(tmp_path / name)
+    same = max(abs(runs["z0"][s] - runs["z2"][s]) for s in runs["z0"])
+    apart = max(abs(runs["z0"][s] - runs["z0-off"][s]) for s in runs["z0"])
+    print(f"clipped at 0.05: ZeRO 0 vs ZeRO 2 max loss difference {same:.2e}; clipped vs not {apart:.2e}")
+    assert same <= 1e-5 and apart > 100 * max(same, 1e-6)
