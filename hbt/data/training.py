@@ -87,9 +87,9 @@ class TrainingData:
     def column(self, name: str, rows: np.ndarray) -> list:
         """Values of column ``name`` at ``rows``, in that order; a source without an
         optional column gives empty lists (``negatives``) or None. ``fast_gather``
-        binary-searches a table's chunks and slices them: 0.6 ms for 64 rows of a
-        10^7-row table, where Arrow's ``take`` on the chunked column first concatenated it
-        (1.4 s and a copy of the column). hbt never ``select``s a table, so rows are its own."""
+        binary-searches a table's chunks and slices them, where Arrow's ``take`` on the
+        chunked column first concatenates it (seconds and a copy of the column at 10^7
+        rows, docs/BENCHMARKS.md §9). hbt never ``select``s a table, so rows are its own."""
         rows = np.asarray(rows, dtype=np.int64)
         source = np.searchsorted(self.row_starts, rows, side="right") - 1
         out: list = [None] * len(rows)
