@@ -23,6 +23,7 @@ import datasets
 from hbt.data.corpus import Corpus
 from hbt.data.jsonl import corpus_from_rows
 from hbt.data.load import load_corpus
+from hbt.data.retrieval import is_retrieval_dir
 from hbt.errors import InputError
 
 REQUIRED = ("id", "lang", "query", "positive")
@@ -162,8 +163,9 @@ def any_corpus(source: str, cache_dir: str, is_main: bool = True, barrier: Calla
     """``source`` in any format hbt reads, as a parsed corpus: shards, saved and hub
     datasets through :func:`table_corpus` (rank 0 converts them first, see
     :func:`main_first`), everything else through :func:`hbt.data.load.load_corpus`. What
-    ``hbt eval``, ``eval.data`` and ``hbt mine`` read."""
-    if is_table_source(source):
+    ``hbt eval``, ``eval.data`` and ``hbt mine`` read. A retrieval benchmark directory
+    holds .jsonl files too, but is no shard set: its loader reads it."""
+    if is_table_source(source) and not is_retrieval_dir(Path(source)):
         return main_first(lambda: table_corpus(source, cache_dir, columns), is_main, barrier)
     if columns:
         raise InputError("--columns", "a column mapping applies to Parquet/JSONL shards and saved datasets only")

@@ -124,6 +124,6 @@ def test_model_shipped_inside_a_python_package(trained: Path, tmp_path: Path) ->
     assert (json.loads((tmp_path / "a" / "metrics.json").read_text())["summary"]
             == json.loads((tmp_path / "b" / "metrics.json").read_text())["summary"])
     assert_one_line_error(run_hbt("eval", "--model", "package:no_such_models/model", *args),
-                          "model.name", "no installed Python package 'no_such_models'", "pip install no-such-models")
+                          "--model", "no installed Python package 'no_such_models'", "pip install no-such-models")
     assert_one_line_error(run_hbt("eval", "--model", "package:shipped_models/weights", *args, env=env),
-                          "model.name", "no directory 'weights'")
+                          "--model", "no directory 'weights'")
