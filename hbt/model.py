@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,21 @@ class BiEncoder(nn.Module):
             raise ValueError(f"packing does not support {type(self.encoder).__name__}")
         self.encoder.set_attn_implementation(PACKED_ATTENTION)
         self.packed = True
+
+    @contextmanager
+    def packing(self, on: bool) -> Iterator[None]:
+        """Encode packed (``on``) or padded inside the block, then as before: evaluation
+        chooses per batch (:func:`hbt.padding.inference_packed`) without changing how the
+        model trains. The first packed block switches the encoder's attention for good,
+        which leaves its padded calls as they were (SDPA, bit for bit)."""
+        was = self.packed
+        if on and not was:
+            self.pack()
+        self.packed = on
+        try:
+            yield
+        finally:
+            self.packed = was
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.packed:

@@ -18,6 +18,9 @@ embeddings, same order, same gradients up to float rounding):
   attention dropout: :func:`varlen_usable`), attention too is one call over the whole
   row, each text attending to itself by its offsets (:func:`varlen_side`), with no
   groups and no padding at all.
+
+Evaluation packs only the batches whose padding outweighs what packing costs
+(:func:`inference_packed`); its batches are sorted by length, so few do.
 """
 
 from __future__ import annotations
@@ -98,6 +101,12 @@ PACKED_ATTENTION = "hbt_packed"  # the attention implementation a packed encoder
 # forward + backward for 32 texts of 30-64 tokens, 12 heads x 32, dropout 0.1, took 43 ms
 # in groups of 1,024 tokens, 49 ms in groups of 512 and 57 ms as one group.
 ATTENTION_GROUP_TOKENS = 1024
+
+
+# Evaluation encodes a batch packed when its padded pass would compute at least this many
+# tokens per real one (docs/BENCHMARKS.md §4, e5-small on 2 CPU cores: below it the gathers
+# and attention groups cost more than the padding they save).
+PACKING_PAYS = 1.25
 
 
 # Families whose position ids count from pad_token_id + 1 (fairseq's convention), not 0
@@ -199,6 +208,25 @@ def varlen_usable(encoder: PreTrainedModel, input_ids: torch.Tensor) -> bool:
     half = encoder.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
     dropout = encoder.training and getattr(encoder.config, "attention_probs_dropout_prob", 0.0) > 0
     return half and not dropout
+
+
+def inference_packed(encoder: PreTrainedModel, batch: Batch) -> bool:
+    """Whether evaluation encodes ``batch`` (right-padded, in eval mode) packed: the one
+    decision for ``hbt eval`` and the evaluations during training (``hbt mine`` could take
+    it too, but stays padded: see hbt.mine.encode). Nothing is drawn in eval mode, so
+    either way gives the same embeddings up to float rounding; packing saves the padding
+    but pays for gathering each layer's attention inputs into groups and back, so it is
+    chosen only where the padding is worth more (:data:`PACKING_PAYS`), which
+    evaluation's length-sorted batches rarely are. On a CPU for every encoder packing
+    supports; on a GPU only where attention is one varlen call (:func:`varlen_usable`: in
+    eval mode, half precision), else one padded pass, which a GPU runs as one kernel per
+    layer where attention groups would be many small ones. Packed encoding on a GPU is not
+    measured yet: the device check must time it against padded (``bench/eval_speed.py
+    --encode-batches``) before this choice is trusted there."""
+    mask = batch["attention_mask"]
+    if not packable(encoder) or (mask.device.type != "cpu" and not varlen_usable(encoder, batch["input_ids"])):
+        return False
+    return mask.numel() >= PACKING_PAYS * int(mask.sum())
 
 
 def varlen_side(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: Packed,

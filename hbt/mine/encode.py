@@ -39,7 +39,11 @@ def encode_shard(model, tokenizer, texts: list[str], prefix: str, max_length: in
     dim = model.encoder.config.hidden_size
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(own), dim))
     for batch in tqdm(mine, desc=desc, disable=desc is None, leave=False):
-        emb = encode(model, tokenizer, [prefix + texts[i] for i in batch], max_length, batch_size=len(batch))
+        # Padded, though these batches (cut by characters) pad much and would encode faster
+        # packed (docs/BENCHMARKS.md §4): packing moves embeddings by float rounding, which
+        # swaps near-tied candidates and so changes mined negatives, and issue 23 wants a
+        # corpus mined to the same bytes.
+        emb = encode(model, tokenizer, [prefix + texts[i] for i in batch], max_length, batch_size=len(batch), packed=False)
         out[np.searchsorted(own, batch)] = emb
     out.flush()
     return own, out

@@ -1,7 +1,9 @@
 """Packing (hbt.padding): a packed encoder gives the padded encoder's hidden states,
 embeddings and parameter gradients for every family it claims (BERT, RoBERTa, XLM-R),
 with several attention groups of different widths; padded calls through a packed
-encoder are untouched; families it cannot pack are refused. The loss-level equivalence
+encoder are untouched; families it cannot pack are refused; evaluation's encoder gives
+the padded embeddings packed, packs where the padding pays (and on a GPU only through
+varlen_attn), and mining's never packs. The loss-level equivalence
 (plain, GradCache) is in tests/unit/test_loss.py, on two ranks in
 tests/integration/test_loss_ranks.py, the whole engine in tests/integration/test_matrix.py."""
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,6 +140,16 @@ def test_varlen_attention_on_cuda_gives_the_padded_embeddings(family: str) -> No
             assert ((grads_a[name] - grads_b[name]).abs().max() / grads_a[name].abs().max().clamp(min=1e-12)).item() <= tolerance, (dtype, name)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or padding.varlen_attn is None, reason="varlen_attn runs on CUDA only")
+def test_evaluation_packs_on_cuda_only_where_attention_is_one_varlen_call() -> None:
+    """On a GPU evaluation packs a badly padded batch in half precision (one varlen call
+    per layer) and keeps it padded in fp32 (no varlen kernel there: attention groups)."""
+    part = {k: v.cuda() for k, v in batch([3, 7, 2, 7]).items()}
+    model = tiny("bert").cuda().eval()
+    assert not padding.inference_packed(model.encoder, part)
+    assert padding.inference_packed(model.to(torch.bfloat16).encoder, part)
+
+
 def test_padded_calls_through_a_packed_encoder_are_plain_sdpa() -> None:
     """A packed model's encoder stays an ordinary encoder for padded calls (user code
     holding it, the bench switching a model between remedies): SDPA with the padding
@@ -201,3 +214,71 @@ def test_a_real_encoder_packs_exactly() -> None:
     packed = copy.deepcopy(padded)
     packed.pack()
     assert_same(padded, packed, part)
+
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
+
+
+def texts_of_many_lengths(n: int = 23) -> list[str]:
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 40, (n,), generator=g).tolist()
+    return [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (k,), generator=g).tolist()) for k in lengths]
+
+
+@pytest.mark.parametrize("family", ["bert", "xlm-roberta"])
+def test_evaluation_encodes_packed_as_padded_and_mining_padded(family: str, tmp_path, monkeypatch) -> None:
+    """hbt.eval.encode.encode (``hbt eval``, evaluation during training) gives the padded
+    embeddings packed and as hbt.padding.inference_packed chooses, in eval mode (dropout
+    set here, not drawn), and leaves the model padded and training; hbt.mine.encode's
+    encode_shard (``hbt mine``, one encode call per global batch) never packs, even where
+    the decision would, and gives the padded embeddings exactly."""
+    from hbt import model as model_module
+    from hbt.dist import detect
+    from hbt.eval import encode as eval_encode
+    from hbt.mine.encode import encode_shard, global_batches
+    from hbt.model import train_tokenizer
+
+    monkeypatch.setattr(padding, "ATTENTION_GROUP_TOKENS", GROUP_TOKENS)
+    texts = texts_of_many_lengths()
+    tokenizer = train_tokenizer(texts, vocab_size=120, model_max_length=48)
+    model = tiny(family)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.3
+    model.train()
+    packed_calls = []
+    real = model_module.packed_hidden
+    monkeypatch.setattr(model_module, "packed_hidden", lambda *a: packed_calls.append(a) or real(*a))
+
+    padded = eval_encode.encode(model, tokenizer, texts, 48, batch_size=5, packed=False)
+    assert not packed_calls
+    packed = eval_encode.encode(model, tokenizer, texts, 48, batch_size=5, packed=True)
+    assert len(packed_calls) == 5 and not model.packed and model.training
+    chosen = eval_encode.encode(model, tokenizer, texts, 48, batch_size=5)
+    assert np.abs(packed - padded).max() <= 1e-6 and np.abs(chosen - padded).max() <= 1e-6
+
+    packed_calls.clear()
+    monkeypatch.setattr(eval_encode, "inference_packed", lambda encoder, batch: True)
+    own, rows = encode_shard(model, tokenizer, texts, "", 48, 4, tmp_path / "mined.npy", detect({}), None)
+    assert not packed_calls and np.array_equal(own, np.arange(len(texts)))
+    for b in global_batches(texts, 4):
+        assert np.array_equal(rows[b], eval_encode.encode(model, tokenizer, [texts[i] for i in b], 48, len(b), packed=False))
+    assert np.abs(rows - padded).max() <= 1e-6
+
+
+def test_evaluation_packs_on_a_cpu_where_padding_pays(monkeypatch) -> None:
+    """The one decision for evaluation (hbt.padding.inference_packed): on a CPU, packed
+    for every family packing serves where a padded pass would compute PACKING_PAYS tokens
+    per real token or more, padded below that and for the families it cannot serve; off
+    the CPU padded where attention cannot be one varlen call (a meta tensor here)."""
+    monkeypatch.setattr(padding, "PACKING_PAYS", 1.25)
+    much, little = batch([3, 7, 2, 7]), batch([6, 7, 7, 7])  # 28 slots for 19 and 27 tokens
+    for family in FAMILIES:
+        encoder = tiny(family).encoder
+        assert padding.inference_packed(encoder, much) and not padding.inference_packed(encoder, little)
+    decoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, is_decoder=True))
+    distil = DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    assert not any(padding.inference_packed(encoder, much) for encoder in (decoder, distil))
+    elsewhere = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in much.items()}
+    assert not padding.inference_packed(tiny("bert").encoder, elsewhere)
