@@ -32,6 +32,7 @@ else
     echo "gpu_check: no .whl/ (bash bench/gpu_wheels.sh writes it): using what is installed"
     export PYTHONPATH=$PWD
 fi
+failed=()
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false DS_ACCELERATOR=cuda PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" - <<'PY'
@@ -41,7 +42,6 @@ print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {tra
       f"deepspeed {deepspeed.__version__}, varlen_attn {'available' if padding.varlen_attn is not None else 'missing'}")
 PY
 
-failed=()
 part() {  # part NAME SECONDS COMMAND...: run one part under its own limit, say how long it took
     local name=$1 limit=$2 start=$SECONDS
     shift 2
@@ -49,10 +49,12 @@ part() {  # part NAME SECONDS COMMAND...: run one part under its own limit, say 
     timeout "$limit" "$@" || failed+=("$name (exit $?)")
     echo "=== $name: $((SECONDS - start)) s"
 }
+"$PY" -c "from hbt import padding; import sys; sys.exit(padding.varlen_attn is None)" ||
+    failed+=("torch.nn.attention.varlen missing: packed attention on CUDA is not one varlen call here")
 part "packed vs padded on CUDA" 60 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/unit/test_padding.py -k cuda -rs
 part "one-rank matrix on CUDA" 150 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/integration/test_matrix.py -k 1rank -s
 # batch 128 first: the figure the targets are about; each table prints as soon as it is done
-part "training step, e5-small-sized" 270 "$PY" bench/train_step.py --preset e5-sized --batch 128,512,32 --rounds 1 \
+part "training step, e5-small-sized" 240 "$PY" bench/train_step.py --preset e5-sized --batch 128,512,32 --rounds 1 \
     --steps 15 --warmup 3 --contenders bare,bare-chunked,hbt,hbt-padded,st-mnrl --chunk-tokens packed
 
 echo

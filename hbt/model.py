@@ -105,7 +105,8 @@ def resolve_model_name(name: str, key: str = "model.name") -> str:
 def hub_reachable(timeout_s: float = 5.0) -> bool:
     """Whether the Hugging Face hub answers at all (any HTTP status will do; proxies as
     urllib takes them from the environment). Without it, ``from_pretrained`` retried every
-    file of a hub name for 56 s, 22 lines of warnings, before failing; asked once, a
+    file of a hub name for most of a minute, a warning each, before failing (docs/training.md,
+    bad input); asked once, a
     process that cannot reach the hub reads hub names from the local cache alone."""
     import urllib.error
     import urllib.request

@@ -218,13 +218,11 @@ def inference_packed(encoder: PreTrainedModel, batch: Batch) -> bool:
     but pays for gathering each layer's attention inputs into groups and back, so it is
     chosen only where the padding is worth more (:data:`PACKING_PAYS`), which
     evaluation's length-sorted batches rarely are. On a CPU for every encoder packing
-    supports; on a GPU only where attention is one varlen call (:func:`varlen_usable`: in
-    eval mode, half precision), else one padded pass, which a GPU runs as one kernel per
-    layer where attention groups would be many small ones. Packed encoding on a GPU is not
-    measured yet: the device check must time it against padded (``bench/eval_speed.py
-    --encode-batches``) before this choice is trusted there."""
+    supports; on a GPU one padded pass, until the device check has timed packed encoding
+    (one varlen call per layer, :func:`varlen_usable`) against it there: a GPU runs a
+    padded layer as one kernel, and a guess either way would be a guess."""
     mask = batch["attention_mask"]
-    if not packable(encoder) or (mask.device.type != "cpu" and not varlen_usable(encoder, batch["input_ids"])):
+    if not packable(encoder) or mask.device.type != "cpu":
         return False
     return mask.numel() >= PACKING_PAYS * int(mask.sum())
 

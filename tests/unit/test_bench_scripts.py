@@ -15,6 +15,7 @@ from tests.helpers import ROOT
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the check runs for real (minutes): run it by hand")
 def test_the_device_check_without_a_gpu_says_so_and_exits_0(tmp_path) -> None:
+    assert subprocess.run(["bash", "-n", "bench/gpu_check.sh"], cwd=ROOT).returncode == 0  # the whole script parses
     out = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
     assert out.returncode == 0, out.stdout + out.stderr
