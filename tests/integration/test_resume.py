@@ -172,7 +172,7 @@ def test_a_checkpoint_that_recorded_precision_auto_resumes_on_this_machine(finis
         out = run_hbt("train", *args)
         ok(out)
         assert "resumed from" in out.stderr
-        assert "changed: train.precision ('auto' -> 'bf16')" in refused(run_hbt("train", *args, "train.precision=bf16"))
+        assert "changed: train.precision ('auto' -> 'bf16-autocast')" in refused(run_hbt("train", *args, "train.precision=bf16"))
     finally:
         fp_file.write_text(original)
         manifest.write_text(original_manifest)
