@@ -143,13 +143,28 @@ def _add_mine(add_parser: AddParser) -> None:
 
 
 def _add_sweep(add_parser: AddParser) -> None:
-    sweep = add_parser("sweep", help="a job array over alpha, seeds and configs (submitit: Slurm, else local)",
-                       description="Submit, wait (with a deadline), then tabulate and plot against alpha.")
+    sweep = add_parser("sweep", help="a job array over configs, a grid of settings, alphas and seeds (submitit: Slurm, else local)",
+                       description="Submit, wait (with a deadline), then tabulate and plot against alpha. With "
+                                   "--validation-titles and --select, choose a cell on titles held out of the "
+                                   "training data, write it as best.yaml, and with --final retrain it (docs/launching.md).")
     sweep.add_argument("--config", action="append", required=True, help="experiment YAML; repeat for several")
+    sweep.add_argument("--grid", action="append", default=None, metavar="KEY=V1,V2,...",
+                       help="any config key and its values (YAML scalars, as overrides; [a, 'b,c'] for a value with a "
+                            "comma); repeat for several: their cartesian product x configs x alphas x seeds")
     sweep.add_argument("--alphas", default=None, help="comma-separated, e.g. 0,0.25,0.5,0.75,1")
     sweep.add_argument("--strategies", default=None, help="by name: mono-only (alpha 1), cross-only (0), hybrid (0.5)")
     sweep.add_argument("--seeds", default="0", help="comma-separated run.seed values")
     sweep.add_argument("--zero-shot", action="store_true", help="also evaluate each config's untrained model (once)")
+    sweep.add_argument("--validation-titles", default=None, metavar="SPEC",
+                       help="hold these training titles out of every job and evaluate them instead of the test set "
+                            "(fraction, list or @file; drawn with data.holdout_seed from the titles left after the test titles)")
+    sweep.add_argument("--select", default=None, metavar="CRITERION",
+                       help="choose a cell on the validation titles: mono, cross, multi or mean(...) of them, maximised, "
+                            "then :CONSTRAINT,... e.g. 'multi:mono>=zero_shot'; writes selection.md and best.yaml")
+    sweep.add_argument("--pool-alphas", action="store_true",
+                       help="score a cell by its mean over all alphas (the choice favours no strategy) instead of per alpha")
+    sweep.add_argument("--final", action="store_true",
+                       help="then train best.yaml on all the training titles at every seed and evaluate the test set (OUT/final)")
     sweep.add_argument("--report-only", action="store_true", help="submit nothing; rewrite the tables and plots from the run dirs")
     sweep.add_argument("--out", default="runs/sweep", help="sweep directory: one run dir per job, submitit logs, the table")
     sweep.add_argument("--executor", choices=["auto", "local", "slurm"], default="auto", help="auto: Slurm when srun exists")

@@ -219,15 +219,52 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tuning(args: argparse.Namespace):
+    """``--select``'s criterion (or None), refusing the options a selection needs that are
+    missing: a criterion on the test set would tune on it, so ``--select`` needs
+    ``--validation-titles``; ``--final`` and ``--pool-alphas`` need ``--select``."""
+    from hbt.data.split import parse_holdout
+    from hbt.sweep_select import parse_criterion
+
+    if args.validation_titles is not None:
+        parse_holdout(args.validation_titles, key="--validation-titles")
+    if args.select is None:
+        for flag, given in (("--final", args.final), ("--pool-alphas", args.pool_alphas)):
+            if given:
+                raise InputError(flag, "needs --select CRITERION (and --validation-titles)")
+        return None
+    criterion = parse_criterion(args.select)
+    if args.validation_titles is None:
+        raise InputError("--select", "needs --validation-titles: a criterion on the test set would tune on the test set "
+                                     "(e.g. --validation-titles 0.2 holds out a fifth of the training titles to choose on)")
+    return criterion
+
+
 def sweep_command(args: argparse.Namespace) -> int:
     from hbt.sweep import SweepSpec, collect, parse_alphas, parse_seeds, run_sweep
+    from hbt.sweep_grid import check_split_keys, check_values, parse_grid
     from hbt.sweep_report import write_report
+    from hbt.sweep_select import final_spec, select
+    from hbt.sweep_split import make_split
 
+    grid = parse_grid(args.grid, args.overrides)
+    criterion = _tuning(args)
     spec = SweepSpec(configs=args.config, alphas=parse_alphas(args.alphas, args.strategies), seeds=parse_seeds(args.seeds), out=Path(args.out),
                      overrides=args.overrides, zero_shot=args.zero_shot, executor=args.executor,
                      tasks_per_node=args.tasks_per_node, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                      cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, partition=args.partition,
-                     max_parallel=args.max_parallel, wait_timeout_s=args.wait_timeout)
+                     max_parallel=args.max_parallel, wait_timeout_s=args.wait_timeout, grid=grid)
+    check_values(grid, spec.configs, spec.overrides)
+    if criterion is not None and criterion.needs_zero_shot and not spec.zero_shot:
+        print(f"--select {criterion.text} compares with zero_shot: adding the zero-shot runs", flush=True)
+        spec.zero_shot = True
+    if args.validation_titles is not None:
+        check_split_keys(grid)
+        for config in spec.configs:
+            split = make_split(config, spec.overrides, args.validation_titles, spec.out)
+            spec.split[config] = split.overrides
+            print(f"{config}: validation on {len(split.validation)} title(s), training on {split.training}, "
+                  f"{len(split.test)} test title(s) left out of both ({spec.out / 'validation'})", flush=True)
     problems = []
     if not args.report_only:
         tick = time.monotonic()
@@ -235,6 +272,22 @@ def sweep_command(args: argparse.Namespace) -> int:
         print(f"all jobs ended after {time.monotonic() - tick:.0f} s", flush=True)
     print(write_report(collect(spec), spec.out), end="")
     print(f"tables, curves and heatmaps: {spec.out.resolve()}/sweep.{{md,csv,png}}, heatmaps-*.png")
+    code = 0
+    if criterion is not None:
+        chosen, table = select(spec, collect(spec), criterion, args.pool_alphas)
+        print(table, end="")
+        if chosen is None:
+            code = 1
+        else:
+            print(f"chosen: {spec.out.resolve() / 'best.yaml'} (table: selection.md)", flush=True)
+            final = final_spec(spec, chosen)
+            if args.final and not args.report_only:
+                tick = time.monotonic()
+                problems += run_sweep(final, log=lambda line: print(line, flush=True))
+                print(f"final jobs ended after {time.monotonic() - tick:.0f} s", flush=True)
+            if args.final or final.out.exists():
+                print(write_report(collect(final), final.out), end="")
+                print(f"the chosen cell on the test set: {final.out.resolve()}/sweep.{{md,csv,png}}")
     for line in problems:
         print(f"hbt: {line}", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if problems else code

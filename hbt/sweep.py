@@ -1,5 +1,6 @@
-"""Job arrays over configs, alphas and seeds (plus each config's zero-shot base model)
-with submitit, and the rows of their evaluations (hbt.sweep_report tabulates and plots).
+"""Job arrays over configs, grid cells, alphas and seeds (plus each config's zero-shot base
+model) with submitit, and the rows of their evaluations (hbt.sweep_report tabulates and
+plots them, hbt.sweep_select chooses a cell from them).
 
 On a machine with Slurm (``srun`` on PATH) submitit's AutoExecutor submits one array job;
 elsewhere its LocalExecutor runs the jobs as local processes. Each job is an ordinary
@@ -24,6 +25,7 @@ from typing import Callable
 
 from hbt.errors import InputError
 from hbt.eval.report import latest_metrics
+from hbt.sweep_grid import Cell, Grid
 
 STRATEGIES = {"mono-only": 1.0, "cross-only": 0.0, "hybrid": 0.5}  # the paper's three, by name
 ZERO_SHOT = "zero-shot"
@@ -47,6 +49,7 @@ class SweepRun:
     seed: int
     run_dir: Path
     overrides: tuple[str, ...]
+    cell: Cell = Cell()  # the grid's values (a zero-shot run: those outside the train section)
 
     @property
     def strategy(self) -> str:
@@ -70,21 +73,28 @@ class SweepSpec:
     partition: str | None = None
     max_parallel: int | None = None  # jobs running at once (default: all on Slurm, one at a time locally)
     wait_timeout_s: float = 4 * 3600
+    grid: Grid = field(default_factory=Grid)  # --grid axes: every cell is trained at every alpha and seed
+    split: dict[str, tuple[str, ...]] = field(default_factory=dict)  # config -> its validation split's overrides
 
     def runs(self) -> list[SweepRun]:
-        """Every job, in submission order: per config its zero-shot evaluation (with
-        ``zero_shot``), then alphas x seeds."""
+        """Every job, in submission order: per config its zero-shot evaluations (with
+        ``zero_shot``: one per combination of the grid's keys outside the train section,
+        which alone can change an untrained model), then cells x alphas x seeds. A run
+        directory is named ``CONFIG-CELL-alphaA-seedS`` (``CONFIG-CELL-zero-shot``)."""
         out = []
         for config in self.configs:
             stem = Path(config).stem
+            base = (*self.overrides, *self.split.get(config, ()))
             if self.zero_shot:
-                run_dir = self.out / f"{stem}-{ZERO_SHOT}"
-                out.append(SweepRun(config, None, self.seeds[0], run_dir, (*self.overrides, f"run.dir={run_dir}",
-                                                                           f"run.seed={self.seeds[0]}", "train.max_steps=0")))
-            for alpha, seed in product(self.alphas, self.seeds):
-                run_dir = self.out / f"{stem}-alpha{alpha:g}-seed{seed}"
-                out.append(SweepRun(config, alpha, seed, run_dir,
-                                    (*self.overrides, f"run.dir={run_dir}", f"train.alpha={alpha}", f"run.seed={seed}")))
+                for cell in self.grid.cells(self.grid.untrained_keys()):
+                    run_dir = self.out / "-".join(filter(None, (stem, cell.name, ZERO_SHOT)))
+                    out.append(SweepRun(config, None, self.seeds[0], run_dir, (*base, *cell.overrides(), f"run.dir={run_dir}",
+                                                                               f"run.seed={self.seeds[0]}", "train.max_steps=0"), cell))
+            for cell in self.grid.cells():
+                for alpha, seed in product(self.alphas, self.seeds):
+                    run_dir = self.out / "-".join(filter(None, (stem, cell.name, f"alpha{alpha:g}", f"seed{seed}")))
+                    out.append(SweepRun(config, alpha, seed, run_dir, (*base, *cell.overrides(), f"run.dir={run_dir}",
+                                                                       f"train.alpha={alpha}", f"run.seed={seed}"), cell))
         return out
 
 
@@ -171,6 +181,9 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print) -> list[str]:
     from hbt.model import resolve_model_name
 
     runs = spec.runs()
+    stems = [Path(c).stem for c in spec.configs]
+    if len(set(stems)) < len(stems):  # their jobs would share run directories
+        raise InputError("--config", f"two configs are named {next(s for s in stems if stems.count(s) > 1)!r}; rename one")
     for run in runs:  # a bad config or a missing model package fails here, before anything is queued
         resolve_model_name(load_config(run.config, list(run.overrides)).model.name)
     kind = None if spec.executor == "auto" else spec.executor
@@ -211,7 +224,7 @@ def steps_done(runs: list[SweepRun]) -> str:
                 step = str(json.loads(f.read().splitlines()[-1])["step"])
         except (OSError, ValueError, IndexError, KeyError):
             pass
-        name = f"{Path(run.config).stem}/{run.strategy}" if several else run.strategy
+        name = "/".join(filter(None, (Path(run.config).stem if several else "", run.cell.name, run.strategy)))
         parts.append(f"{name}{'' if run.seed == 0 else f'/seed{run.seed}'}: {step}")
     return ", ".join(parts)
 
@@ -246,14 +259,35 @@ def wait(jobs: list, timeout_s: float, poll_s: float = 2.0, progress: Callable[[
 
 
 def collect(spec: SweepSpec) -> list[dict]:
-    """One row per job with its newest evaluation's headline numbers (missing: NaN)."""
+    """One row per job with its newest evaluation's headline numbers (missing: NaN), its
+    cell's name and one column per grid key (dotted, as in a config; a zero-shot row
+    leaves the train section's empty)."""
     rows = []
     for run in spec.runs():
-        row = {"config": Path(run.config).stem, "strategy": run.strategy, "alpha": "" if run.alpha is None else run.alpha,
-               "seed": run.seed, "run_dir": str(run.run_dir)}
+        settings = dict(run.cell.settings)
+        row = {"config": Path(run.config).stem, "cell": run.cell.name, "strategy": run.strategy,
+               "alpha": "" if run.alpha is None else run.alpha, "seed": run.seed, "run_dir": str(run.run_dir),
+               **{key: settings.get(key, "") for key in spec.grid.keys}}
         try:
             summary = json.loads(latest_metrics(run.run_dir).read_text())["summary"]
         except (InputError, FileNotFoundError):
             summary = {}
         rows.append(row | {k: summary.get(k, math.nan) for k in COLUMNS})
     return rows
+
+
+def grid_settings(row: dict) -> dict[str, str]:
+    """A row's grid values: its dotted columns that are set (:func:`collect`)."""
+    return {k: v for k, v in row.items() if "." in k and v != ""}
+
+
+def zero_shot_of(row: dict, rows: list[dict]) -> dict | None:
+    """The zero-shot row that is ``row``'s untrained baseline: same config, and its grid
+    values (those outside the train section) the row's; None without one. The tables
+    and the selection's ``zero_shot`` constraints both read it from here."""
+    settings = grid_settings(row)
+    for other in rows:
+        if other["strategy"] == ZERO_SHOT and other["config"] == row["config"] and \
+                grid_settings(other).items() <= settings.items():
+            return other
+    return None

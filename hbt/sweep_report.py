@@ -1,6 +1,7 @@
-"""What a finished sweep leaves behind: per-job CSV, one Markdown table per config (mean
-and spread over seeds per strategy), the alpha curve, and each config's cross-lingual
-heatmaps side by side (zero-shot, mono-only, hybrid, cross-only; mean over seeds).
+"""What a finished sweep leaves behind: per-job CSV, one Markdown table per config (per
+config and grid cell under ``--grid``: mean and spread over seeds per strategy, with the
+cell's zero-shot baseline), the alpha curves, and each group's cross-lingual heatmaps
+side by side (zero-shot, mono-only, hybrid, cross-only; mean over seeds).
 
 These are the figures of docs/REPLICATION.md; ``hbt sweep`` writes them after its jobs
 end, and ``hbt sweep --report-only`` rewrites them from the run directories.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hbt.eval.report import draw_heatmap, latest_metrics, map_matrix
-from hbt.sweep import COLUMNS, STRATEGIES, ZERO_SHOT
+from hbt.sweep import COLUMNS, STRATEGIES, ZERO_SHOT, grid_settings, zero_shot_of
 
 NAMES = {"mono_map": "mono mAP", "cross_map": "cross mAP", "multi_map": "multilingual mAP",
          "rank_spread": "rank spread", "own_language_first": "own-language first"}
@@ -24,11 +25,29 @@ CURVES = (("mono_map", "tab:blue"), ("cross_map", "tab:orange"), ("multi_map", "
 HEATMAP_ORDER = (ZERO_SHOT, "mono-only", "hybrid", "cross-only")
 
 
+def group_name(row: dict) -> str:
+    """What a table, a plot panel and a heatmap file are named by: the config, and under
+    a grid its cell (``tiny-lr0.001``), as the run directories are."""
+    return "-".join(filter(None, (row["config"], row.get("cell", ""))))
+
+
+def _heading(group: list[dict]) -> str:
+    settings = grid_settings(group[0])
+    return group_name(group[0]) + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else "")
+
+
 def _groups(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
-    """config -> strategy -> rows; strategies ordered zero-shot first, then alpha high to low."""
+    """group (:func:`group_name`) -> strategy -> rows; each group with its zero-shot
+    baseline (:func:`hbt.sweep.zero_shot_of`); strategies ordered zero-shot first, then
+    alpha high to low."""
     out: dict[str, dict[str, list[dict]]] = {}
     for row in rows:
-        out.setdefault(row["config"], {}).setdefault(row["strategy"], []).append(row)
+        if row["strategy"] != ZERO_SHOT:
+            out.setdefault(group_name(row), {}).setdefault(row["strategy"], []).append(row)
+    for by_strategy in out.values():
+        zero = zero_shot_of(next(iter(by_strategy.values()))[0], rows)
+        if zero is not None:
+            by_strategy[ZERO_SHOT] = [zero]
 
     def order(item: tuple[str, list[dict]]) -> float:
         alpha = item[1][0]["alpha"]
@@ -53,10 +72,11 @@ def _cell(mean: float, std: float, digits: int) -> str:
 
 
 def markdown_tables(rows: list[dict]) -> str:
-    """One table per config: a row per strategy, mean ± std over seeds of each column."""
+    """One table per group: a row per strategy, mean ± std over seeds of each column."""
     parts = []
-    for config, by_strategy in _groups(rows).items():
-        lines = [f"### {config}", "", "| strategy | alpha | seeds | " + " | ".join(NAMES[k] for k in COLUMNS) + " |",
+    for by_strategy in _groups(rows).values():
+        trained = next(g for s, g in by_strategy.items() if s != ZERO_SHOT)
+        lines = [f"### {_heading(trained)}", "", "| strategy | alpha | seeds | " + " | ".join(NAMES[k] for k in COLUMNS) + " |",
                  "|---|---:|---:|" + "---:|" * len(COLUMNS)]
         for strategy, group in by_strategy.items():
             alpha = group[0]["alpha"]
@@ -68,20 +88,26 @@ def markdown_tables(rows: list[dict]) -> str:
 
 
 def alpha_curves(rows: list[dict], path: Path) -> None:
-    """Per config: mean mAP (mono, cross, multilingual; bars: std over seeds) and the
-    own-language-first share against alpha; the zero-shot model as dashed lines."""
+    """Per group: mean mAP (mono, cross, multilingual; bars: std over seeds) and the
+    own-language-first share against alpha; the zero-shot model as dashed lines. At most
+    six groups a row of panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = _groups(rows)
-    fig, axes = plt.subplots(2, len(groups), figsize=(4.2 * len(groups), 6.4), squeeze=False, sharex=True)
-    for col, (config, by_strategy) in enumerate(groups.items()):
+    cols = min(6, len(groups))
+    lines = -(-len(groups) // cols)
+    fig, axes = plt.subplots(2 * lines, cols, figsize=(4.2 * cols, 6.4 * lines), squeeze=False, sharex=True)
+    for n in range(len(groups), lines * cols):  # the last row's empty places
+        axes[2 * (n // cols), n % cols].set_visible(False)
+        axes[2 * (n // cols) + 1, n % cols].set_visible(False)
+    for n, (group, by_strategy) in enumerate(groups.items()):
         trained = {g[0]["alpha"]: g for g in by_strategy.values() if g[0]["alpha"] != ""}
         alphas = sorted(trained)
         zero = by_strategy.get(ZERO_SHOT)
-        top, bottom = axes[0, col], axes[1, col]
+        top, bottom = axes[2 * (n // cols), n % cols], axes[2 * (n // cols) + 1, n % cols]
         for key, colour in (*CURVES, ("own_language_first", "tab:red")):
             ax = bottom if key == "own_language_first" else top
             stats = [_stats(trained[a], key) for a in alphas]
@@ -89,7 +115,7 @@ def alpha_curves(rows: list[dict], path: Path) -> None:
                         color=colour, capsize=3, label=NAMES[key])
             if zero:
                 ax.axhline(_stats(zero, key)[0], color=colour, linestyle="--", linewidth=1)
-        top.set_title(config)
+        top.set_title(group, fontsize=9)
         top.set_ylabel("mAP (dashed: zero-shot)")
         bottom.set_ylabel("own-language-first share")
         bottom.set_xlabel("alpha (share of monolingual batches)")
@@ -118,8 +144,8 @@ def _panels(by_strategy: dict[str, list[dict]]) -> list[Panel]:
     return panels
 
 
-def strategy_heatmaps(config: str, by_strategy: dict[str, list[dict]], path: Path) -> bool:
-    """The config's cross-lingual mAP matrices, one panel per strategy (mean over seeds),
+def strategy_heatmaps(group: str, by_strategy: dict[str, list[dict]], path: Path) -> bool:
+    """The group's cross-lingual mAP matrices, one panel per strategy (mean over seeds),
     on one colour scale; False when no strategy of HEATMAP_ORDER has results."""
     import matplotlib
 
@@ -133,7 +159,7 @@ def strategy_heatmaps(config: str, by_strategy: dict[str, list[dict]], path: Pat
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.9), squeeze=False)
     for ax, (strategy, seeds, langs_q, langs_c, matrix) in zip(axes[0], panels):
         alpha = "" if strategy == ZERO_SHOT else f", alpha {STRATEGIES[strategy]:g}"
-        image = draw_heatmap(ax, langs_q, langs_c, matrix, f"{config}: {strategy}{alpha}\nmAP, mean of {seeds} seed(s)", vmax=top)
+        image = draw_heatmap(ax, langs_q, langs_c, matrix, f"{group}: {strategy}{alpha}\nmAP, mean of {seeds} seed(s)", vmax=top)
     fig.colorbar(image, ax=list(axes[0]), fraction=0.015, pad=0.01, label="mAP")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -144,9 +170,9 @@ def markdown_heatmaps(rows: list[dict]) -> str:
     """The heatmaps as Markdown tables (query language down, candidate language across;
     the diagonal is monolingual), readable in a terminal where no picture is."""
     parts = []
-    for config, by_strategy in _groups(rows).items():
+    for group, by_strategy in _groups(rows).items():
         for strategy, seeds, langs_q, langs_c, matrix in _panels(by_strategy):
-            lines = [f"#### {config}: {strategy}, mAP by query (down) and candidate (across) language, "
+            lines = [f"#### {group}: {strategy}, mAP by query (down) and candidate (across) language, "
                      f"mean of {seeds} seed(s)", "", "| | " + " | ".join(langs_c) + " |", "|---|" + "---:|" * len(langs_c)]
             lines += [f"| {x} | " + " | ".join("-" if math.isnan(v) else f"{v:.2f}" for v in row) + " |"
                       for x, row in zip(langs_q, matrix)]
@@ -156,7 +182,7 @@ def markdown_heatmaps(rows: list[dict]) -> str:
 
 def write_report(rows: list[dict], out: Path) -> str:
     """sweep.csv, sweep.md (the tables and the heatmaps as tables), sweep.png (alpha
-    curves) and heatmaps-CONFIG.png in ``out``; returns the Markdown."""
+    curves) and heatmaps-GROUP.png (:func:`group_name`) in ``out``; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "sweep.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -165,6 +191,6 @@ def write_report(rows: list[dict], out: Path) -> str:
     markdown = markdown_tables(rows) + "\n" + markdown_heatmaps(rows)
     (out / "sweep.md").write_text(markdown)
     alpha_curves(rows, out / "sweep.png")
-    for config, by_strategy in _groups(rows).items():
-        strategy_heatmaps(config, by_strategy, out / f"heatmaps-{config}.png")
+    for group, by_strategy in _groups(rows).items():
+        strategy_heatmaps(group, by_strategy, out / f"heatmaps-{group}.png")
     return markdown
