@@ -76,7 +76,7 @@ class Cell:
         return ", ".join(self.overrides())
 
 
-def _token(text: str) -> str:
+def value_token(text: str) -> str:
     """A value as a file name part: unquoted, a path by its last part, characters other
     than letters, digits and ``._+-`` as ``_``, at most 40 characters."""
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
@@ -105,7 +105,7 @@ class Grid:
         a config gets one zero-shot run per combination of these."""
         return [key for key in self.keys if not key.startswith(UNTRAINED_SECTION)]
 
-    def _short(self, key: str) -> str:
+    def short(self, key: str) -> str:
         """A key as a name part: its last component (``lr``), the whole key where two
         axes share that component."""
         last = key.rsplit(".", 1)[-1]
@@ -117,7 +117,7 @@ class Grid:
         names would coincide, each gets a digest of its values."""
         axes = [axis for axis in self.axes if keys is None or axis.key in keys]
         combos = list(product(*[[(axis.key, v) for v in axis.values] for axis in axes]))
-        names = ["-".join(self._short(k) + _token(v) for k, v in combo) for combo in combos]
+        names = ["-".join(self.short(k) + value_token(v) for k, v in combo) for combo in combos]
         clash = {n for n in names if names.count(n) > 1}
         names = [f"{n}-{_digest(v for _, v in combo)}" if n in clash else n for n, combo in zip(names, combos)]
         return [Cell(tuple(combo), name) for combo, name in zip(combos, names)]
