@@ -114,17 +114,18 @@ def parse_alphas(alphas: str | None, strategies: str | None) -> list[float]:
     return sorted(set(values))
 
 
-def parse_seeds(seeds: str) -> list[int]:
-    """``--seeds 0,1,2`` as run.seed values, in the order given (the first also seeds the
-    zero-shot run); their range is checked with each job's config (:func:`run_sweep`)."""
+def parse_seeds(seeds: str, option: str = "--seeds") -> list[int]:
+    """``--seeds 0,1,2`` (or ``option``'s) as run.seed values, in the order given (the first
+    also seeds the zero-shot run); their range is checked with each job's config
+    (:func:`run_sweep`)."""
     values: list[int] = []
     for raw in filter(None, (part.strip() for part in seeds.split(","))):
         try:
             values.append(int(raw))
         except ValueError:
-            raise InputError("--seeds", f"not an integer: {raw!r}") from None
+            raise InputError(option, f"not an integer: {raw!r}") from None
     if not values:
-        raise InputError("--seeds", f"give comma-separated run.seed values, got {seeds!r}")
+        raise InputError(option, f"give comma-separated run.seed values, got {seeds!r}")
     return values
 
 

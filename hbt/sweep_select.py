@@ -173,22 +173,22 @@ def _chosen_run(spec: SweepSpec, chosen: Candidate) -> SweepRun:
                 and run.cell.name == chosen.cell and (chosen.alpha is None or run.alpha == chosen.alpha))
 
 
-def final_spec(spec: SweepSpec, chosen: Candidate) -> SweepSpec:
+def final_spec(spec: SweepSpec, chosen: Candidate, seeds: list[int] | None = None) -> SweepSpec:
     """The sweep of ``--final``: ``OUT/best.yaml`` (every setting in it) at the chosen alpha
-    (every alpha with ``--pool-alphas``) and every seed, trained on all the training
-    titles and evaluated on the test set, in ``OUT/final``."""
+    (every alpha with ``--pool-alphas``) and ``seeds`` (default: the sweep's), trained on
+    all the training titles and evaluated on the test set, in ``OUT/final``."""
     alphas = spec.alphas if chosen.alpha is None else [chosen.alpha]
-    return dataclasses.replace(spec, configs=[str(spec.out / "best.yaml")], alphas=alphas, out=spec.out / "final",
-                               overrides=[], grid=Grid(), split={})
+    return dataclasses.replace(spec, configs=[str(spec.out / "best.yaml")], alphas=alphas, seeds=seeds or spec.seeds,
+                               out=spec.out / "final", overrides=[], grid=Grid(), split={})
 
 
-def write_best(spec: SweepSpec, chosen: Candidate, criterion: Criterion) -> Path:
+def write_best(spec: SweepSpec, chosen: Candidate, criterion: Criterion, final_seeds: list[int] | None = None) -> Path:
     """``OUT/best.yaml``: the chosen cell's resolved config, as the first job of
     :func:`final_spec` runs it; with the split's overrides it is the validation run."""
     from hbt.config import load_config
 
     run = _chosen_run(spec, chosen)
-    first = next(r for r in final_spec(spec, chosen).runs() if r.alpha is not None)
+    first = next(r for r in final_spec(spec, chosen, final_seeds).runs() if r.alpha is not None)
     overrides = [*spec.overrides, *run.cell.overrides(), *(() if chosen.alpha is None else (f"train.alpha={chosen.alpha}",)),
                  f"run.dir={first.run_dir}", f"run.seed={first.seed}"]
     tree = load_config(run.config, overrides).to_dict()
@@ -205,7 +205,8 @@ def write_best(spec: SweepSpec, chosen: Candidate, criterion: Criterion) -> Path
     return path
 
 
-def select(spec: SweepSpec, rows: list[dict], criterion: Criterion, pool_alphas: bool = False) -> tuple[Candidate | None, str]:
+def select(spec: SweepSpec, rows: list[dict], criterion: Criterion, pool_alphas: bool = False,
+           final_seeds: list[int] | None = None) -> tuple[Candidate | None, str]:
     """Score every cell of ``rows`` (the validation sweep's), write ``OUT/selection.md``
     and, when a cell is chosen, ``OUT/best.yaml``; returns the cell and the table."""
     cands = candidates(rows, criterion, pool_alphas)
@@ -214,5 +215,5 @@ def select(spec: SweepSpec, rows: list[dict], criterion: Criterion, pool_alphas:
     spec.out.mkdir(parents=True, exist_ok=True)
     (spec.out / "selection.md").write_text(table)
     if chosen is not None:
-        write_best(spec, chosen, criterion)
+        write_best(spec, chosen, criterion, final_seeds)
     return chosen, table

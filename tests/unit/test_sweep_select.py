@@ -121,6 +121,9 @@ def test_best_yaml_with_the_split_is_the_chosen_cells_config(tmp_path: Path) -> 
     assert best.run.dir == str(first.run_dir) and best.data.holdout_titles == 0.2  # the test split, no validation hold-out
     assert best.eval.data is None and [r.run_dir.name for r in final.runs()] == ["best-zero-shot", "best-alpha1-seed3"]
     assert load_config(first.config, list(first.overrides)).to_dict() == best.to_dict()
+    select(spec, rows, parse_criterion("multi:mono>=zero_shot"), final_seeds=[5, 6])  # --final-seeds: tune on 3, test on 5 and 6
+    assert [r.run_dir.name for r in final_spec(spec, chosen, [5, 6]).runs()][1:] == ["best-alpha1-seed5", "best-alpha1-seed6"]
+    assert load_config(out / "best.yaml").run.seed == 5
 
 
 def test_the_validation_split_holds_out_no_test_title_and_evaluates_only_its_own(tmp_path: Path) -> None:
@@ -148,6 +151,8 @@ def test_the_validation_split_holds_out_no_test_title_and_evaluates_only_its_own
     (["--validation-titles", "0.2", "--select", "best"], "hbt: error: --select: 'best' is not a score"),
     (["--final"], "hbt: error: --final: needs --select CRITERION"),
     (["--pool-alphas"], "hbt: error: --pool-alphas: needs --select"),
+    (["--final-seeds", "0,1"], "hbt: error: --final-seeds: needs --select"),
+    (["--validation-titles", "0.2", "--select", "multi", "--final-seeds", "0,x"], "hbt: error: --final-seeds: not an integer: 'x'"),
     (["--validation-titles", "1.5", "--select", "multi"], "hbt: error: --validation-titles: a fraction must be in (0, 1)"),
     (["--grid", "train.alpha=0.3,0.7"], "hbt: error: --grid: train.alpha is set by the sweep itself"),
     (["--grid", "train.lr=1e-4,1e-4"], "hbt: error: --grid: train.lr: 1e-4 and 1e-4 are the same value"),
