@@ -20,6 +20,7 @@ import dataclasses
 import math
 import operator
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,9 +169,10 @@ def selection_markdown(cands: list[Candidate], chosen: Candidate | None, criteri
     return "\n".join(lines) + "\n"
 
 
-def _chosen_run(spec: SweepSpec, chosen: Candidate) -> SweepRun:
-    return next(run for run in spec.runs() if run.alpha is not None and Path(run.config).stem == chosen.config
-                and run.cell.name == chosen.cell and (chosen.alpha is None or run.alpha == chosen.alpha))
+def _chosen_run(spec: SweepSpec, chosen: Candidate, alpha: float) -> SweepRun:
+    """The chosen cell's validation job at ``alpha`` (its first seed)."""
+    return next(run for run in spec.runs() if run.alpha == alpha and Path(run.config).stem == chosen.config
+                and run.cell.name == chosen.cell)
 
 
 def final_spec(spec: SweepSpec, chosen: Candidate, seeds: list[int] | None = None) -> SweepSpec:
@@ -183,24 +185,26 @@ def final_spec(spec: SweepSpec, chosen: Candidate, seeds: list[int] | None = Non
 
 
 def write_best(spec: SweepSpec, chosen: Candidate, criterion: Criterion, final_seeds: list[int] | None = None) -> Path:
-    """``OUT/best.yaml``: the chosen cell's resolved config, as the first job of
-    :func:`final_spec` runs it; with the split's overrides it is the validation run."""
+    """``OUT/best.yaml``: the chosen cell's resolved config, exactly as the first job of
+    :func:`final_spec` runs it (at its alpha: the chosen one, the first with
+    ``--pool-alphas``); with the split's overrides it is that alpha's validation job."""
     from hbt.config import load_config
 
-    run = _chosen_run(spec, chosen)
     first = next(r for r in final_spec(spec, chosen, final_seeds).runs() if r.alpha is not None)
-    overrides = [*spec.overrides, *run.cell.overrides(), *(() if chosen.alpha is None else (f"train.alpha={chosen.alpha}",)),
-                 f"run.dir={first.run_dir}", f"run.seed={first.seed}"]
+    run = _chosen_run(spec, chosen, first.alpha)
+    overrides = [*spec.overrides, *run.cell.overrides(), f"train.alpha={first.alpha}", f"run.dir={first.run_dir}",
+                 f"run.seed={first.seed}"]
     tree = load_config(run.config, overrides).to_dict()
-    split = " ".join(f"'{o}'" for o in spec.split.get(run.config, ()))
-    header = [f"# Chosen by hbt sweep --select '{criterion.text}' (table: selection.md): {run.config}",
-              f"#   cell: {run.cell.label() or 'no grid'}; alpha: {'as in the config (the cell was scored over all alphas)' if chosen.alpha is None else chosen.alpha}",
-              f"#   validation score {chosen.score:.4f}, mean of {len(chosen.rows)} run(s)",
-              "# On all the training titles, evaluated on the test titles (what --final runs, one seed):",
-              f"#   hbt train --config {spec.out / 'best.yaml'}",
-              "# Its validation run again:",
-              f"#   hbt train --config {spec.out / 'best.yaml'} {split} run.dir={run.run_dir} run.seed={run.seed}", ""]
     path = spec.out / "best.yaml"
+    again = shlex.join([*spec.split.get(run.config, ()), f"run.dir={run.run_dir}", f"run.seed={run.seed}"])
+    pooled = f" (the cell was scored over alphas {', '.join(f'{a:g}' for a in spec.alphas)}; train.alpha=A for another)"
+    header = [f"# Chosen by hbt sweep --select '{criterion.text}' (table: selection.md): {run.config}",
+              f"#   cell: {run.cell.label() or 'no grid'}; alpha {first.alpha:g}{pooled if chosen.alpha is None else ''}",
+              f"#   validation score {chosen.score:.4f}, mean of {len(chosen.rows)} run(s)",
+              "# On all the training titles, evaluated on the test titles (what --final runs first):",
+              f"#   hbt train --config {shlex.quote(str(path))}",
+              "# Its validation run again:",
+              f"#   hbt train --config {shlex.quote(str(path))} {again}", ""]
     path.write_text("\n".join(header) + yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
 

@@ -9,7 +9,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-import yaml
 
 from hbt import cli
 from hbt.config import load_config
@@ -124,6 +123,23 @@ def test_best_yaml_with_the_split_is_the_chosen_cells_config(tmp_path: Path) -> 
     select(spec, rows, parse_criterion("multi:mono>=zero_shot"), final_seeds=[5, 6])  # --final-seeds: tune on 3, test on 5 and 6
     assert [r.run_dir.name for r in final_spec(spec, chosen, [5, 6]).runs()][1:] == ["best-alpha1-seed5", "best-alpha1-seed6"]
     assert load_config(out / "best.yaml").run.seed == 5
+
+
+def test_pooled_alphas_best_yaml_is_the_first_alphas_final_and_validation_job(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    spec = SweepSpec(configs=[TINY], alphas=[0.0, 1.0], seeds=[0], out=out, overrides=SMALL, grid=parse_grid(["train.lr=1e-3,3e-3"]))
+    spec.split[TINY] = make_split(TINY, SMALL, 0.2, out).overrides
+    rows = [row(r.cell.name[2:], r.alpha, 0, 0.9, 0.3 if "1e-3" in r.cell.name else 0.2) for r in spec.runs()]
+    chosen, _ = select(spec, rows, parse_criterion("multi"), pool_alphas=True)
+    assert (chosen.cell, chosen.alpha) == ("lr1e-3", None)
+    final = final_spec(spec, chosen)
+    assert [r.run_dir.name for r in final.runs()] == ["best-alpha0-seed0", "best-alpha1-seed0"]  # every alpha
+    best = load_config(out / "best.yaml")
+    assert best.to_dict() == load_config(final.runs()[0].config, list(final.runs()[0].overrides)).to_dict()
+    again = shlex.split(next(line for line in (out / "best.yaml").read_text().splitlines()
+                             if line.startswith("#   hbt train") and "run.dir" in line)[4:])
+    job = next(r for r in spec.runs() if r.run_dir.name == "tiny-lr1e-3-alpha0-seed0")
+    assert load_config(again[3], again[4:]).to_dict() == load_config(job.config, list(job.overrides)).to_dict()
 
 
 def test_the_validation_split_holds_out_no_test_title_and_evaluates_only_its_own(tmp_path: Path) -> None:
