@@ -9,13 +9,27 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import sys
+import typing
 from typing import Callable, Sequence
 
 from hbt import commands
-from hbt.errors import EXIT_BAD_INPUT, InputError
+from hbt.errors import EXIT_BAD_INPUT, InputError, printable
 
 
 AddParser = Callable[..., argparse.ArgumentParser]  # a subparsers object's add_parser
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with hbt's one-line refusal: an option argparse rejects (not an int, not
+    one of the choices) is named on one line, exit 2, like every other bad input, instead
+    of the subcommand's whole usage; ``--help`` still shows it. Subcommands inherit the
+    class (argparse builds subparsers of the parser's own type)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"hbt: error: {printable(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
 CACHE_DIR_HELP = "where shards are converted and the index is kept (data.cache_dir)"
 
 
@@ -189,7 +203,7 @@ def _add_report(add_parser: AddParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers.")
+    parser = Parser(prog="hbt", description="Hybrid batch training of multilingual dense retrievers.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_train, _add_config, _add_eval, _add_mine, _add_sweep, _add_report):
         add(commands.add_parser)

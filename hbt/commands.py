@@ -82,6 +82,8 @@ def data_plan_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():  # refused before the plan, not by the rename after it (which left the .tmp file behind)
         raise InputError("--out", f"{out} is a directory; name the JSONL file to write")
+    if not out.parent.is_dir():  # checked before the plan too
+        raise InputError("--out", f"{out.parent} is not an existing directory")
     data, sampler = _data_sampler(args)
     tmp = out.with_name(out.name + ".tmp")
     total = 0

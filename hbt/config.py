@@ -229,8 +229,7 @@ class Config:
                 raise InputError(key, f"must be > 0, got {value}")
         if not 0 <= t.warmup_ratio < 1:
             raise InputError("train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
-        if t.weight_decay < 0 or t.grad_clip < 0 or t.hard_negatives < 0:
-            raise InputError("train", "weight_decay, grad_clip and hard_negatives must be >= 0")
+        at_least(0, {"train.weight_decay": t.weight_decay, "train.grad_clip": t.grad_clip, "train.hard_negatives": t.hard_negatives})
         if m.dropout is not None and not 0 <= m.dropout < 1:
             raise InputError("model.dropout", f"must be in [0, 1), got {m.dropout}")
         m.tiny.validate()
@@ -305,6 +304,8 @@ def _check(value: Any, hint: Any, key: str) -> Any:
             number = float(value)
         except ValueError:
             number = None
+        except OverflowError:  # an integer beyond any float
+            raise InputError(key, f"must be a finite number, got an integer of {len(str(value))} digits") from None
         if number is not None:
             if not math.isfinite(number):  # no setting of hbt means anything at inf or nan
                 raise InputError(key, f"must be a finite number, got {value!r}")
@@ -325,7 +326,8 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise InputError(prefix + unknown[0], f"unknown key (known here: {', '.join(hints)})")
+        name = unknown[0] if unknown[0].strip() else repr(unknown[0])  # a blank key is named visibly
+        raise InputError(prefix + name, f"unknown key (known here: {', '.join(hints)})")
     required = [f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [name for name in required if name not in values]
@@ -365,6 +367,8 @@ def _read_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise InputError(str(chain[0]), f"the extends chain is a cycle: {' -> '.join(map(str, cycle))}")
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(str(path), f"is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""

@@ -61,9 +61,9 @@ def deepspeed_config(train: TrainConfig, resolved: Resolved, world_size: int) ->
         "torch_autocast": {"enabled": resolved.autocast, "dtype": "bfloat16"},
         "steps_per_print": 10**9,
     })
-    ds.pop("fp16", None)  # precision is train.precision's alone
+    ds.pop("fp16", None)  # refused unless off or "auto" (hbt.resolve.SET_BY_HBT): precision is train.precision's
     ds.setdefault("zero_optimization", {"stage": 0})
-    ds.pop("scheduler", None)  # the schedule is hbt's (see linear_schedule), not the JSON's
+    ds.pop("scheduler", None)  # likewise: the schedule is hbt's (see linear_schedule)
     return ds
 
 

@@ -22,12 +22,21 @@ class InputError(ValueError):
     """Bad user input: a malformed file, a missing field, an out-of-range option."""
 
     def __init__(self, where: str, problem: str) -> None:
-        self.where = where
-        self.problem = problem
-        super().__init__(f"{where}: {problem}")
+        self.where = printable(where)
+        self.problem = printable(problem)
+        super().__init__(f"{self.where}: {self.problem}")
 
 
-def at_least(minimum: int, values: dict[str, int]) -> None:
+def printable(text: str) -> str:
+    """``text`` with every character that does not print (a line break, a NUL, a form
+    feed) written as its Python escape: a message repeats keys, paths and values as the
+    user gave them, and a line break in one must not split the one-line error."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def at_least(minimum: int, values: dict[str, float]) -> None:
     """Refuse the first of ``values`` (the setting or option that holds it: its value)
     below ``minimum``, naming it."""
     for where, value in values.items():

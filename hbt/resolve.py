@@ -85,14 +85,29 @@ def resolve(cfg: Config, env: DistEnv, encoder: torch.nn.Module, sampler: Hybrid
                     total_steps=total_steps(t, sampler), text=text_spec(cfg.model), deepspeed=deepspeed_json(t.deepspeed))
 
 
+# DeepSpeed keys hbt fills in from the experiment config (hbt.engine.deepspeed_config): one
+# in the JSON would be overwritten without a word. "auto" (Hugging Face's convention for
+# "filled in by the trainer") and a section turned off say as much and pass.
+SET_BY_HBT = {"fp16": "train.precision", "bf16": "train.precision", "torch_autocast": "train.precision",
+              "optimizer": "train.lr and train.weight_decay", "scheduler": "train.lr and train.warmup_ratio",
+              "train_batch_size": "train.batch_size", "train_micro_batch_size_per_gpu": "train.batch_size",
+              "gradient_accumulation_steps": "train.grad_accum", "gradient_clipping": "train.grad_clip"}
+
+
 def deepspeed_json(path: str) -> dict:
     """The train.deepspeed file (its path checked by Config.validate)."""
     try:
-        tree = json.loads(Path(path).read_text())
+        tree = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(path, f"malformed JSON at line {e.lineno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"is not UTF-8 text (byte {e.start})") from None
     if not isinstance(tree, dict):
         raise InputError(path, "a DeepSpeed config must be a JSON object")
+    for key, setting in SET_BY_HBT.items():
+        value = tree.get(key, "auto")
+        if value != "auto" and not (isinstance(value, dict) and value.get("enabled", True) in (False, "auto")):
+            raise InputError(path, f"'{key}' is set from {setting}; remove it from the DeepSpeed config (or make it \"auto\")")
     return tree
 
 

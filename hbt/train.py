@@ -191,6 +191,7 @@ def train(cfg: Config, env: hdist.DistEnv, resume: str = "auto", accept_changes:
     """Train, evaluate and export the run ``cfg`` describes, on this rank of ``env``
     (from :func:`start`); returns the run directory."""
     run_dir = Path(cfg.run.dir)
+    check_model(cfg, run_dir)  # before the lock: a refused model leaves the run directory as it was
     lock = lock_run_dir(run_dir, env)
     try:
         return _train(cfg, env, run_dir, resume, accept_changes)
@@ -214,17 +215,14 @@ def lock_run_dir(run_dir: Path, env: hdist.DistEnv) -> RunLock:
 
 
 def _train(cfg: Config, env: hdist.DistEnv, run_dir: Path, resume: str, accept_changes: bool) -> Path:
-    check_model(cfg, run_dir)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        launch = {"launcher": env.launcher, "world_size": env.world_size,
-                  "per_rank_batch": per_rank_batch(cfg.train.batch_size, env.world_size)}
-        (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
-
     data = training_data(cfg, env)
     eval_set = evaluation_set(cfg, data, env)
     if cfg.train.hard_negatives and data.missing_negatives():
         raise InputError("train.hard_negatives", f"{data.missing_negatives():,} training pairs have no hard negatives")
+    if env.is_main:  # only once the data is read: refused data leaves the run directory (but .lock) as it was
+        launch = {"launcher": env.launcher, "world_size": env.world_size,
+                  "per_rank_batch": per_rank_batch(cfg.train.batch_size, env.world_size)}
+        (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
     _stop_if_signalled()
     encoder, tokenizer = build_model(cfg, data, run_dir, env)
     sampler = sampler_for(cfg, data, env.world_size, env.rank)

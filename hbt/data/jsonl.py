@@ -22,11 +22,15 @@ from hbt.errors import InputError
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     """(``file:line``, object) for every non-blank line; bad JSON is an error naming the line."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # decoded line by line, so that bytes that are not UTF-8 are named by line
+        for n, raw in enumerate(f, start=1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(where, f"is not UTF-8 text (byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:

@@ -34,6 +34,14 @@ def _field(obj: Any, key: str, where: str, path: Path, kind: type | tuple[type, 
     return value
 
 
+def _spans(breaks: list, at: str, path: Path) -> list[tuple[int, int]]:
+    """A paragraph's sentence_breaks: a [begin, end] pair of character offsets per sentence."""
+    for n, span in enumerate(breaks):
+        if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)):
+            raise InputError(str(path), f"'{at}[{n}]' should be a [begin, end] pair of integers, got {span!r}")
+    return [tuple(span) for span in breaks]
+
+
 def _text(value: Any, at: str, path: Path) -> str:
     """A question or sentence: a string with more than whitespace in it (a blank one would
     be encoded as its special tokens alone)."""
@@ -67,7 +75,7 @@ def load_language_file(path: Path) -> tuple[str, list[tuple[str, str, Pair]], li
             pw = f"{where}.paragraphs[{p}]"
             sentences = [_text(text, f"{pw}.sentences[{s}]", path)
                          for s, text in enumerate(_field(para, "sentences", pw, path, list))]
-            breaks = _field(para, "sentence_breaks", pw, path, list)
+            breaks = _spans(_field(para, "sentence_breaks", pw, path, list), f"{pw}.sentence_breaks", path)
             if len(sentences) != len(breaks):
                 raise InputError(str(path), f"'{pw}' has {len(sentences)} sentences but {len(breaks)} sentence_breaks")
             answered: list[set[str]] = [set() for _ in sentences]

@@ -28,7 +28,7 @@ def parse_holdout(spec: str | float | list[str], *, key: str) -> float | list[st
     if isinstance(spec, str) and spec.startswith("@"):
         try:
             text = Path(spec[1:]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8 (UnicodeDecodeError), or a NUL in the name
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise InputError(key, f"{spec[1:]}: cannot read the list of titles ({reason})") from None
         spec = [t.strip() for t in text.splitlines() if t.strip()]

@@ -15,13 +15,16 @@ A source with other column names maps them (``columns: {id: qid, lang: language}
 from __future__ import annotations
 
 import glob
+import gzip
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hbt.data.corpus import Corpus
-from hbt.data.jsonl import corpus_from_rows
+from hbt.data.jsonl import corpus_from_rows, read_jsonl
 from hbt.data.load import load_corpus
 from hbt.data.retrieval import is_retrieval_dir
 from hbt.errors import InputError
@@ -57,7 +60,48 @@ def shard_files(source: str) -> tuple[str, list[str]] | None:
     formats = {_format_of(f) for f in files}
     if None in formats or len(formats) > 1:
         raise InputError(source, "shards must all be .parquet, or all .jsonl / .jsonl.gz")
-    return formats.pop(), files
+    builder = formats.pop()
+    # A shard without rows is left out (datasets fails on one): a writer may well leave one.
+    files = _parquet_with_rows(files) if builder == "parquet" else [f for f in files if _has_text(f)]
+    if not files:
+        raise InputError(source, "every shard is empty")
+    return builder, files
+
+
+def _has_text(path: str) -> bool:
+    """Whether a JSONL shard holds more than whitespace (read up to its first other byte)."""
+    try:
+        with (gzip.open(path) if path.endswith(".gz") else open(path, "rb")) as f:
+            while chunk := f.read(1 << 16):
+                if chunk.strip():
+                    return True
+    except (OSError, EOFError) as e:
+        raise InputError(path, f"cannot read: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
+    return False
+
+
+def _parquet_with_rows(files: list[str]) -> list[str]:
+    """The shards that hold rows, each checked to be a Parquet file with the first one's
+    columns, from the footers before datasets converts anything: its own refusal of a
+    mismatch is a multi-line log that names no shard."""
+    first: list[str] | None = None
+    kept = []
+    for file in files:
+        try:
+            footer = pq.read_metadata(file)
+            names = footer.schema.to_arrow_schema().names
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(file, f"not a readable Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if first is None:
+            first = names
+        elif set(names) != set(first):
+            extra, missing = sorted(set(names) - set(first)), sorted(set(first) - set(names))
+            diff = "; ".join(part for part in (f"has {', '.join(extra)}" if extra else "",
+                                                f"lacks {', '.join(missing)}" if missing else "") if part)
+            raise InputError(file, f"its columns differ from {Path(files[0]).name}'s ({diff}); every shard needs the same columns")
+        if footer.num_rows:
+            kept.append(file)
+    return kept
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -85,6 +129,13 @@ def open_dataset(source: str, cache_dir: str, split: str = "train") -> datasets.
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
         if isinstance(e, InputError):
             raise
+        if shards is not None and shards[0] == "json":
+            for file in shards[1]:  # hbt's own reader names the file and line datasets failed on
+                if file.endswith(".jsonl"):
+                    for _ in read_jsonl(Path(file)):
+                        pass
+        while isinstance(e, datasets.exceptions.DatasetGenerationError) and (e.__cause__ or e.__context__):
+            e = e.__cause__ or e.__context__  # "An error occurred while generating the dataset" says nothing
         raise InputError(source, f"cannot read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     raise InputError(source, "not a shard set, a save_to_disk directory or hf:NAME")
 

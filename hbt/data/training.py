@@ -151,9 +151,14 @@ def _check_values(ds: datasets.Dataset, where: str) -> None:
         if pc.any(bad).as_py():
             raise InputError(where, f"row {int(pc.index(bad, True).as_py()) + 1}: column {name!r} is empty or blank")
     negatives = ds.data.table.column("negatives") if "negatives" in ds.column_names else None
-    if negatives is not None and (pa.types.is_list(negatives.type) or pa.types.is_large_list(negatives.type)):
-        texts = pc.list_flatten(negatives)
-        bad = pc.or_kleene(pc.is_null(texts), pc.match_substring_regex(texts, _BLANK))
+    if negatives is not None and not pa.types.is_null(negatives.type):  # a null column: no row has negatives
+        listed = pa.types.is_list(negatives.type) or pa.types.is_large_list(negatives.type)
+        texts = pc.list_flatten(negatives) if listed else None
+        if texts is None or not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)
+                                 or pa.types.is_null(texts.type)):  # list<null>: every list is empty (or all null)
+            raise InputError(where, f"column 'negatives' should hold lists of strings, not {negatives.type}")
+        bad = pc.is_null(texts) if pa.types.is_null(texts.type) else \
+            pc.or_kleene(pc.is_null(texts), pc.match_substring_regex(texts, _BLANK))
         if pc.any(bad).as_py():
             row = pc.list_parent_indices(negatives)[pc.index(bad, True).as_py()].as_py()
             raise InputError(where, f"row {row + 1}: column 'negatives' holds an empty or blank text")

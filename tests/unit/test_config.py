@@ -14,7 +14,7 @@ from hbt.cli import build_parser
 from hbt.config import SAMPLER_KEYS, TrainConfig, load_config, sampler_keys
 from hbt.dist import detect, first_host
 from hbt.errors import InputError
-from hbt.resolve import padding, precision
+from hbt.resolve import deepspeed_json, padding, precision
 from hbt.sampling import SamplerConfig
 from tests.helpers import ROOT
 
@@ -93,6 +93,9 @@ def test_sampler_keys_are_the_sampler_config_fields() -> None:
     ("run.seed=-1", "run.seed"), ("run.seed=4294967296", "run.seed"), ("eval.k=0", "eval.k"),
     ("eval.batch_size=0", "eval.batch_size"), ("data.holdout_titles=@no/such/titles.txt", "data.holdout_titles"),
     ("data.holdout_titles=,", "data.holdout_titles"), ("data.sources=[{name: a}]", "data.sources[0].path"),
+    # named the section ("train: weight_decay, grad_clip and hard_negatives must be >= 0")
+    ("train.weight_decay=-0.1", "train.weight_decay"), ("train.grad_clip=-1", "train.grad_clip"),
+    ("train.hard_negatives=-1", "train.hard_negatives"),
 ])
 def test_bad_overrides_name_the_key(override: str, where: str) -> None:
     with pytest.raises(InputError) as e:
@@ -159,3 +162,22 @@ def test_detect_torchrun_slurm_and_single() -> None:
 def test_first_host_of_a_nodelist() -> None:
     assert first_host("gpu[03-05,9],cpu1") == "gpu03"
     assert first_host("node7") == "node7"
+
+
+@pytest.mark.parametrize("section,setting", [
+    ('"fp16": {"enabled": true}', "train.precision"), ('"bf16": {"enabled": true}', "train.precision"),
+    ('"optimizer": {"type": "Adam", "params": {"lr": 0.1}}', "train.lr and train.weight_decay"),
+    ('"scheduler": {"type": "WarmupLR"}', "train.lr and train.warmup_ratio"), ('"train_batch_size": 32', "train.batch_size"),
+    ('"gradient_clipping": 1.0', "train.grad_clip"),
+])
+def test_a_deepspeed_config_setting_what_hbt_sets_is_refused(tmp_path: Path, section: str, setting: str) -> None:
+    """An fp16 section was dropped and an optimizer, schedule or batch size overwritten
+    without a word; "auto" and a section turned off pass."""
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"stage": 2}, ' + section + "}")
+    with pytest.raises(InputError, match=f"is set from {setting}; remove it") as e:
+        deepspeed_json(str(path))
+    assert e.value.where == str(path)
+    path.write_text('{"zero_optimization": {"stage": 2}, "fp16": {"enabled": false}, "bf16": {"enabled": "auto"}, '
+                    '"train_batch_size": "auto", "gradient_clipping": "auto"}')
+    assert deepspeed_json(str(path))["zero_optimization"] == {"stage": 2}
