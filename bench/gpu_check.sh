@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The device check of hbt's GPU path, in one call (at most 8 minutes by its parts' limits):
+# The device check of hbt's GPU path, in one call (at most 8.5 minutes by its parts' limits):
 #   1. packed against padded encoding on CUDA: FlashAttention's varlen kernel in bf16
-#      (1e-2 relative), the attention groups in fp32 (1e-5)   tests/unit/test_padding.py -k cuda
+#      (1e-2 relative), the attention groups in fp32 (1e-5), compiled flex_attention (the
+#      fallback where varlen_attn is missing) in fp32   tests/unit/test_padding.py -k cuda
 #   2. the one-rank cells of the configuration matrix on CUDA, fp32 and bf16, each with
 #      its gradient check and the optimizer class DeepSpeed built   tests/integration/test_matrix.py -k 1rank
-#   3. training-step throughput and model FLOPs utilisation of bare / bare packed / hbt /
-#      hbt padded / st MNRL at contrastive batch 32, 128 and 512 on a random-weight
+#   3. training-step throughput and model FLOPs utilisation of bare / bare packed / bare
+#      packed through flex_attention / hbt / hbt padded / st MNRL at contrastive batch 32, 128 and 512 on a random-weight
 #      e5-small-sized encoder   bench/train_step.py --preset e5-sized
 # A GPU machine may reach no package registry: what hbt needs beyond the GPU image is
 # installed from the wheels in .whl/ (bench/gpu_wheels.sh writes them; carry .whl). The
@@ -51,11 +52,11 @@ part() {  # part NAME SECONDS COMMAND...: run one part under its own limit, say 
 }
 "$PY" -c "from hbt import padding; import sys; sys.exit(padding.varlen_attn is None)" ||
     failed+=("torch.nn.attention.varlen missing: packed attention on CUDA is not one varlen call here")
-part "packed vs padded on CUDA" 60 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/unit/test_padding.py -k cuda -rs
+part "packed vs padded on CUDA" 90 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/unit/test_padding.py -k cuda -rs
 part "one-rank matrix on CUDA" 150 "$PY" -m pytest -q -n 0 -p no:cacheprovider tests/integration/test_matrix.py -k 1rank -s
 # batch 128 first: the figure the targets are about; each table prints as soon as it is done
-part "training step, e5-small-sized" 240 "$PY" bench/train_step.py --preset e5-sized --batch 128,512,32 --rounds 1 \
-    --steps 15 --warmup 3 --contenders bare,bare-chunked,hbt,hbt-padded,st-mnrl --chunk-tokens packed
+part "training step, e5-small-sized" 270 "$PY" bench/train_step.py --preset e5-sized --batch 128,512,32 --rounds 1 \
+    --steps 15 --warmup 3 --contenders bare,bare-chunked,bare-flex,hbt,hbt-padded,st-mnrl --chunk-tokens packed
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then

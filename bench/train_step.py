@@ -10,6 +10,8 @@ same (query, passage) texts. Contenders:
 - bare chunked: the same loop with hbt's remedy for padding at ``--chunk-tokens``
   (``packed``: hbt.padding's packing; a number: length-sorted chunks,
   hbt.padding.encode_chunked), so the trick's own worth shows apart from hbt's engine;
+  bare flex: bare chunked with packed attention through flex_attention, as where the
+  cluster's torch lacks varlen_attn (on a GPU only; see hbt.padding.one_call);
 - hbt: ``hbt train`` with ``train.chunk_tokens`` at ``--chunk-tokens``; hbt padded: with
   ``train.chunk_tokens=null`` (one padded pass per side);
 - st MNRL / st CachedMNRL: sentence-transformers' trainer with each loss (CachedMNRL at
@@ -200,6 +202,14 @@ def run_bare(p: dict, steps: int, warmup: int, chunk_tokens: Budget = None) -> f
     return p["batch"] / statistics.median(times[warmup:])
 
 
+def run_bare_flex(p: dict, steps: int, warmup: int, chunk_tokens: Budget = "packed") -> float:
+    """The bare loop packed, with varlen_attn taken away so the one call is flex_attention."""
+    from hbt import padding
+
+    padding.varlen_attn = None  # this child process only
+    return run_bare(p, steps, warmup, "packed")
+
+
 def run_hbt(p: dict, steps: int, warmup: int, chunk_tokens: Budget = None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "hbt", "train", "--config", "configs/tiny.yaml", *hbt_overrides(p, tmp, steps), "eval.settings=mono",
@@ -261,6 +271,7 @@ Runner = Callable[[dict, int, int, Budget], float]  # (preset, steps, warm-up, -
 CONTENDERS: dict[str, Runner] = {
     "bare": lambda p, steps, warmup, budget: run_bare(p, steps, warmup),
     "bare-chunked": run_bare,
+    "bare-flex": run_bare_flex,
     "hbt": run_hbt,
     "hbt-padded": lambda p, steps, warmup, budget: run_hbt(p, steps, warmup),
     "st-mnrl": lambda p, steps, warmup, budget: run_st(p, steps, warmup),
@@ -273,14 +284,14 @@ def summary(results: dict[str, list[dict]]) -> str:
     """The ratios of medians the targets are about: what chunking is worth (bare and hbt),
     and hbt against sentence-transformers."""
     med = {n: statistics.median(r["samples_per_s"] for r in runs) for n, runs in results.items()}
-    pairs = [("bare chunked", "bare"), ("hbt", "hbt padded"), ("hbt padded", "bare"), ("hbt", "st MNRL"),
+    pairs = [("bare chunked", "bare"), ("bare flex", "bare chunked"), ("bare flex", "bare"), ("hbt", "hbt padded"), ("hbt padded", "bare"), ("hbt", "st MNRL"),
              ("hbt", "st CachedMNRL"), ("st MNRL", "bare")]
     of = lambda name: [n for n in med if n.split(" (")[0] == name]  # noqa: E731  (a chunked contender per budget)
     return "; ".join(f"{a} / {b} {med[a] / med[b]:.2f}" for x, y in pairs for a in of(x) for b in of(y))
 
 
 def label(name: str, budget: Budget, several: bool) -> str:
-    text = {"bare": "bare", "bare-chunked": "bare chunked", "hbt": "hbt", "hbt-padded": "hbt padded",
+    text = {"bare": "bare", "bare-chunked": "bare chunked", "bare-flex": "bare flex", "hbt": "hbt", "hbt-padded": "hbt padded",
             "st-mnrl": "st MNRL", "st-cachedmnrl": "st CachedMNRL"}[name]
     return f"{text} ({budget if budget == 'packed' else f'{budget} tokens'})" if several and name in CHUNKED else text
 

@@ -15,9 +15,11 @@ embeddings, same order, same gradients up to float rounding):
   longest. Needs an encoder whose positions are plain absolute ones and whose attention
   goes through transformers' attention interface (:func:`position_offset` says which).
   On a GPU, where FlashAttention's variable-length kernel can run (half precision, no
-  attention dropout: :func:`varlen_usable`), attention too is one call over the whole
+  attention dropout: :func:`one_call`), attention too is one call over the whole
   row, each text attending to itself by its offsets (:func:`varlen_side`), with no
-  groups and no padding at all.
+  groups and no padding at all. Where the cluster's torch lacks that kernel,
+  ``flex_attention`` with a document mask (:func:`flex_side`) is the one call instead:
+  compiled by torch into a kernel that skips the blocks where no text meets another.
 
 Evaluation packs only the batches whose padding outweighs what packing costs
 (:func:`inference_packed`); its batches are sorted by length, so few do.
@@ -25,8 +27,9 @@ Evaluation packs only the batches whose padding outweighs what packing costs
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,12 @@ try:  # torch >= 2.10 (CUDA only: on a CPU it raises NotImplementedError)
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:
     varlen_attn = None
+try:  # torch >= 2.5
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:
+    BlockMask = create_block_mask = flex_attention = None
+
+OneCall = Literal["varlen", "flex"]  # the kernels that attend over a whole packed row in one call
 
 Batch = dict[str, torch.Tensor]
 
@@ -156,13 +165,15 @@ class Packed:
     back: torch.Tensor | None  # [T]: each packed token's row in the groups' padded outputs, concatenated
     offsets: torch.Tensor | None = None  # [rows + 1] int32: where each text starts in the row, for varlen_attn
     longest: int = 0  # the longest text, for varlen_attn
+    block_mask: "BlockMask | None" = None  # each token attends to its own text's, for flex_attention
 
 
-def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int, varlen: bool = False) -> Packed:
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int, kernel: OneCall | None = None) -> Packed:
     """A padded batch packed into one row, with the attention groups of its texts
-    (:func:`length_chunks` of :data:`ATTENTION_GROUP_TOKENS`), or with ``varlen`` the
-    texts' offsets in the row instead. Every text needs a token: an empty one would
-    attend to nothing (NaN)."""
+    (:func:`length_chunks` of :data:`ATTENTION_GROUP_TOKENS`), or, for a ``kernel`` that
+    attends over the whole row in one call, the texts' offsets in the row (and, for
+    flex_attention, their document mask, built once for every layer). Every text needs
+    a token: an empty one would attend to nothing (NaN)."""
     device = input_ids.device
     real = attention_mask.bool()
     lengths = real.sum(1)
@@ -171,9 +182,10 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int, var
     slots = real.flatten().nonzero().squeeze(1)
     starts = lengths.cumsum(0) - lengths
     positions = (real.cumsum(1) - 1)[real] + offset  # each text's own positions, whichever side is padded
-    if varlen:
+    if kernel is not None:
         offsets = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-        return Packed(input_ids.flatten()[slots][None], positions[None], slots, (), None, offsets, int(lengths.max()))
+        mask = document_mask(lengths) if kernel == "flex" else None
+        return Packed(input_ids.flatten()[slots][None], positions[None], slots, (), None, offsets, int(lengths.max()), mask)
     total = slots.numel()
     groups, back, base = [], torch.empty_like(slots), 0
     for members in length_chunks(attention_mask, ATTENTION_GROUP_TOKENS):
@@ -191,23 +203,41 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, offset: int, var
 def packed_hidden(encoder: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``encoder(input_ids, attention_mask).last_hidden_state`` computed packed: the same
     [rows, width, hidden] tensor (zeros at padding), without computing the padding."""
-    packed = pack(input_ids, attention_mask, position_offset(encoder), varlen=varlen_usable(encoder, input_ids))
+    packed = pack(input_ids, attention_mask, position_offset(encoder), kernel=one_call(encoder, input_ids))
     hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids, hbt_packed=packed).last_hidden_state[0]
     rows, width = attention_mask.shape
     out = hidden.new_zeros(rows * width, hidden.shape[-1]).index_copy(0, packed.slots, hidden)
     return out.view(rows, width, -1)
 
 
-def varlen_usable(encoder: PreTrainedModel, input_ids: torch.Tensor) -> bool:
-    """Whether attention can be one :func:`varlen_side` call: FlashAttention's kernel runs
-    on CUDA only, in half precision only (bf16 weights, or a forward under autocast),
-    and draws no attention dropout, so a training forward of an encoder with attention
-    dropout keeps to the groups (which drop out as the padded encoder does)."""
-    if varlen_attn is None or not input_ids.is_cuda:
-        return False
-    half = encoder.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
+def one_call(encoder: PreTrainedModel, input_ids: torch.Tensor) -> OneCall | None:
+    """The kernel that attends over a packed row in one call here, or None for the
+    attention groups. On CUDA only, and only where no attention dropout is drawn (neither
+    kernel draws it, so a training forward of an encoder with attention dropout keeps to
+    the groups, which drop out as the padded encoder does). FlashAttention's varlen
+    kernel (:func:`varlen_side`) runs in half precision only (bf16 weights, or a forward
+    under autocast); where this torch lacks it, flex_attention (:func:`flex_side`), in
+    any precision. On a CPU neither is used: varlen_attn raises there, and uncompiled
+    flex_attention materialises the whole row's scores."""
     dropout = encoder.training and getattr(encoder.config, "attention_probs_dropout_prob", 0.0) > 0
-    return half and not dropout
+    if not input_ids.is_cuda or dropout:
+        return None
+    if varlen_attn is not None:
+        half = encoder.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled("cuda")
+        return "varlen" if half else None
+    return "flex" if flex_attention is not None else None
+
+
+def document_mask(lengths: torch.Tensor) -> "BlockMask":
+    """flex_attention's block mask of a packed row of texts of ``lengths``: a token
+    attends to the tokens of its own text only."""
+    text = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+    total = int(text.numel())
+
+    def same_text(batch: torch.Tensor, head: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return text[q] == text[k]
+
+    return create_block_mask(same_text, None, None, total, total, device=lengths.device)
 
 
 def inference_packed(encoder: PreTrainedModel, batch: Batch) -> bool:
@@ -219,7 +249,7 @@ def inference_packed(encoder: PreTrainedModel, batch: Batch) -> bool:
     chosen only where the padding is worth more (:data:`PACKING_PAYS`), which
     evaluation's length-sorted batches rarely are. On a CPU for every encoder packing
     supports; on a GPU one padded pass, until the device check has timed packed encoding
-    (one varlen call per layer, :func:`varlen_usable`) against it there: a GPU runs a
+    (one varlen call per layer, :func:`one_call`) against it there: a GPU runs a
     padded layer as one kernel, and a guess either way would be a guess."""
     mask = batch["attention_mask"]
     if not packable(encoder) or mask.device.type != "cpu":
@@ -237,6 +267,23 @@ def varlen_side(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, pac
     return varlen_attn(q, k, v, packed.offsets, packed.offsets, packed.longest, packed.longest, scale=scaling)[None]
 
 
+@functools.cache
+def compiled_flex() -> Callable:
+    """flex_attention compiled once per process (dynamic shapes: every packed row has its
+    own length); uncompiled it computes the full [T, T] scores."""
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def flex_side(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, packed: Packed,
+              scaling: float | None) -> torch.Tensor:
+    """Attention over a packed row ([1, heads, T, dim] each) in one flex_attention call
+    under the row's document mask; returns [1, T, heads, dim] as :func:`varlen_side` does."""
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
+    q, k, v = (x.to(dtype) for x in (query, key, value))
+    attend = compiled_flex() if q.is_cuda else flex_attention
+    return attend(q, k, v, block_mask=packed.block_mask, scale=scaling).transpose(1, 2)
+
+
 def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      hbt_packed: Packed | None = None, **kwargs) -> tuple[torch.Tensor, None]:
@@ -246,6 +293,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     packed model's encoder) it is transformers' SDPA attention."""
     if hbt_packed is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if hbt_packed.block_mask is not None:
+        return flex_side(query, key, value, hbt_packed, scaling), None
     if hbt_packed.offsets is not None:
         return varlen_side(query, key, value, hbt_packed, scaling), None
     heads, dim = query.shape[1], query.shape[3]

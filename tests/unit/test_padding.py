@@ -111,14 +111,65 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=None) -> torch.Ten
 @pytest.mark.parametrize("family", FAMILIES)
 def test_varlen_layout_gives_the_padded_embeddings_and_gradients(family: str, monkeypatch) -> None:
     monkeypatch.setattr(padding, "varlen_attn", reference_varlen)
-    monkeypatch.setattr(padding, "varlen_usable", lambda encoder, input_ids: True)
+    monkeypatch.setattr(padding, "one_call", lambda encoder, input_ids: "varlen")
     part = batch([3, 17, 1, 9, 30, 30, 12, 5, 22, 2, 8, 16, 25])
     padded = tiny(family)
     packed = copy.deepcopy(padded)
     packed.pack()
-    layout = padding.pack(part["input_ids"], part["attention_mask"], padding.position_offset(packed.encoder), varlen=True)
+    layout = padding.pack(part["input_ids"], part["attention_mask"], padding.position_offset(packed.encoder), kernel="varlen")
     assert layout.groups == () and layout.offsets.tolist()[-1] == int(part["attention_mask"].sum())
     assert_same(padded, packed, part)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_flex_attention_fallback_gives_the_padded_embeddings(family: str, monkeypatch) -> None:
+    """Where torch lacks varlen_attn, a GPU attends over the packed row with
+    flex_attention under a document mask; uncompiled (as here, on a CPU) it is the same
+    function, so the mask, layout and shapes are checked on any machine. Its backward
+    runs on CUDA only (test_flex_attention_on_cuda_gives_the_padded_embeddings_and_gradients)."""
+    monkeypatch.setattr(padding, "one_call", lambda encoder, input_ids: "flex")
+    part = batch([3, 17, 1, 9, 30, 30, 12, 5, 22, 2, 8, 16, 25])
+    padded = tiny(family)
+    packed = copy.deepcopy(padded)
+    packed.pack()
+    layout = padding.pack(part["input_ids"], part["attention_mask"], padding.position_offset(packed.encoder), kernel="flex")
+    assert layout.groups == () and layout.block_mask is not None
+    with torch.no_grad():
+        assert (padded(**part) - packed(**part)).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or padding.flex_attention is None, reason="flex_attention's backward runs on CUDA only")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_flex_attention_on_cuda_gives_the_padded_embeddings_and_gradients(family: str, monkeypatch) -> None:
+    """On a GPU, compiled flex_attention (the fallback where varlen_attn is missing) in
+    fp32 against the padded encoder: embeddings and every parameter gradient."""
+    monkeypatch.setattr(padding, "varlen_attn", None)
+    part = {k: v.cuda() for k, v in batch([3, 17, 1, 9, 30, 30, 12, 5, 22, 2, 8, 16, 25]).items()}
+    padded = tiny(family).cuda()
+    packed = copy.deepcopy(padded)
+    packed.pack()
+    assert padding.one_call(packed.encoder, part["input_ids"]) == "flex"
+    emb_a, grads_a = outputs(padded, part)
+    emb_b, grads_b = outputs(packed, part)
+    assert (emb_a - emb_b).abs().max() <= 1e-4
+    assert max(((grads_a[k] - grads_b[k]).abs().max() / grads_a[k].abs().max().clamp(min=1e-12)).item() for k in grads_a) <= 1e-3
+
+
+def test_one_call_kernel_needs_cuda_and_no_attention_dropout(monkeypatch) -> None:
+    """Neither kernel runs on a CPU or draws attention dropout; varlen needs half
+    precision; flex_attention is the fallback only where varlen_attn is missing."""
+    model = tiny("bert")
+    ids = torch.ones(2, 3, dtype=torch.long)
+    assert padding.one_call(model.encoder, ids) is None  # a CPU
+    cuda_ids = type("CudaIds", (), {"is_cuda": True})()  # a stand-in with what one_call reads of the ids
+    model.encoder.eval()
+    assert padding.one_call(model.encoder, cuda_ids) == (None if padding.varlen_attn is not None else "flex")
+    assert padding.one_call(model.encoder.to(torch.bfloat16), cuda_ids) == ("varlen" if padding.varlen_attn is not None else "flex")
+    monkeypatch.setattr(padding, "varlen_attn", None)
+    assert padding.one_call(model.encoder, cuda_ids) == "flex"
+    model.encoder.train()
+    model.encoder.config.attention_probs_dropout_prob = 0.1
+    assert padding.one_call(model.encoder, cuda_ids) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or padding.varlen_attn is None, reason="varlen_attn runs on CUDA only")
@@ -132,7 +183,7 @@ def test_varlen_attention_on_cuda_gives_the_padded_embeddings(family: str) -> No
         padded = tiny(family).cuda().to(dtype)
         packed = copy.deepcopy(padded)
         packed.pack()
-        assert padding.varlen_usable(packed.encoder, part["input_ids"]) == (dtype == torch.bfloat16)
+        assert padding.one_call(packed.encoder, part["input_ids"]) == ("varlen" if dtype == torch.bfloat16 else None)
         emb_a, grads_a = outputs(padded, part)
         emb_b, grads_b = outputs(packed, part)
         assert ((emb_a - emb_b).abs().max() / emb_a.abs().max()).item() <= tolerance, dtype
