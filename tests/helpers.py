@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,25 @@ def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (it lives in ../shared beside the repository)")
     return path
+
+
+def need_cluster(available: bool, missing: str, start: str) -> None:
+    """Skip a test of a cluster tool that is not here (``missing`` says what, ``start``
+    how to bring it up), except under CI's HBT_REQUIRE_CLUSTER=1, where .ci/run has
+    started it and its absence is a failure, not a skip."""
+    if available:
+        return
+    if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
+        pytest.fail(f"HBT_REQUIRE_CLUSTER=1 but {missing}: {start}")
+    pytest.skip(f"{missing} ({start})")
+
+
+def slurm_here() -> bool:
+    """A Slurm to submit to: sbatch on PATH and a slurm.conf."""
+    return shutil.which("sbatch") is not None and bool(os.environ.get("SLURM_CONF") or Path("/etc/slurm/slurm.conf").exists())
+
+
+SLURM_MISSING = ("no Slurm here", "start one with slurm/local/up.sh and export SLURM_CONF")
 
 
 # --- commands, as users run them -------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (ENDS_WITHIN_S, LOST, ROOT, hbt_command, kill_rank_1_mid_training, losses, ok, overrides, rank_pid, torchrun,
+from tests.helpers import (ENDS_WITHIN_S, LOST, ROOT, hbt_command, kill_rank_1_mid_training, need_cluster, losses, ok, overrides, rank_pid, torchrun,
                            torchrun_command)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # one after another: one Slurm, timed waits
@@ -42,10 +42,7 @@ def test_torchrun_rank_killed(tmp_path: Path) -> None:
 
 
 def test_mpirun_rank_killed(tmp_path: Path) -> None:
-    if shutil.which("mpirun") is None:
-        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
-            pytest.fail("HBT_REQUIRE_CLUSTER=1 but no mpirun: run slurm/local/up.sh")
-        pytest.skip("no mpirun here (slurm/local/up.sh installs Open MPI)")
+    need_cluster(shutil.which("mpirun") is not None, "no mpirun here", "slurm/local/up.sh installs Open MPI")
     args = fault_args(tmp_path)
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1", *hbt_command("train", *args)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

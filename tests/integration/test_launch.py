@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, hbt_command, losses, ok, overrides
+from tests.helpers import ROOT, hbt_command, losses, need_cluster, ok, overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("launch")]  # one worker: its module fixture (single_run) is built once
 ARGS = ("model.dropout=0.0", "train.max_steps=12")
@@ -39,10 +39,7 @@ def test_mpirun_two_processes(tmp_path: Path, single_run: Path) -> None:
     # process, and mpirun refuses to start from inside an MPI process.
     have = shutil.which("mpirun") is not None and subprocess.run(
         [sys.executable, "-c", "from mpi4py import MPI"], capture_output=True).returncode == 0
-    if not have:
-        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
-            pytest.fail("HBT_REQUIRE_CLUSTER=1 but mpirun or mpi4py is missing")
-        pytest.skip("needs mpirun (Debian openmpi-bin) and mpi4py")
+    need_cluster(have, "mpirun or mpi4py is missing", "Debian openmpi-bin and mpi4py; slurm/local/up.sh installs both")
     cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "OMP_NUM_THREADS=1",
            *hbt_command("train", *overrides(tmp_path, "mpi", *ARGS))]
     ok(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENDS_WITHIN_S, LOST, ROOT, SMALL, kill_rank_1_mid_training, losses, steps_per_epoch
+from tests.helpers import (ENDS_WITHIN_S, LOST, ROOT, SLURM_MISSING, SMALL, kill_rank_1_mid_training, losses, need_cluster,
+                           slurm_here, steps_per_epoch)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # one after another: one Slurm, timed waits
 CPU = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
@@ -24,10 +24,7 @@ CPU = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=
 
 @pytest.fixture(autouse=True)
 def slurm() -> None:
-    if shutil.which("sbatch") is None or not (os.environ.get("SLURM_CONF") or Path("/etc/slurm/slurm.conf").exists()):
-        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
-            pytest.fail("HBT_REQUIRE_CLUSTER=1 but no Slurm here: run slurm/local/up.sh and export SLURM_CONF")
-        pytest.skip("no Slurm here (start one with slurm/local/up.sh and export SLURM_CONF)")
+    need_cluster(slurm_here(), *SLURM_MISSING)
 
 
 def sbatch(*args: str, timeout: float = 300, conf: str | None = None) -> subprocess.CompletedProcess:
@@ -142,10 +139,7 @@ def test_a_killed_task_ends_the_job_with_one_line_naming_it(tmp_path: Path) -> N
 @pytest.fixture
 def two_nodes() -> str:
     conf = os.environ.get("HBT_SLURM2_CONF", "/tmp/hbt-slurm2/slurm.conf")
-    if not Path(conf).exists():
-        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
-            pytest.fail(f"HBT_REQUIRE_CLUSTER=1 but no two-node cluster at {conf}: HBT_SLURM_NODES=2 bash slurm/local/up.sh")
-        pytest.skip("no two-node cluster (HBT_SLURM_NODES=2 bash slurm/local/up.sh)")
+    need_cluster(Path(conf).exists(), f"no two-node cluster at {conf}", "HBT_SLURM_NODES=2 bash slurm/local/up.sh")
     return conf
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import yaml
 from hbt.config import load_config
 from hbt.data import load_corpus
 from hbt.train import training_data
-from tests.helpers import ROOT, hbt_command, run_hbt
+from tests.helpers import ROOT, SLURM_MISSING, hbt_command, need_cluster, run_hbt, slurm_here
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # one after another: one Slurm, timed waits
 SMALL = ["data.train=synthetic:items=480,languages=3,seed=3", "train.batch_size=16", "train.epochs=1",
@@ -34,12 +32,8 @@ def rows(out: Path) -> list[dict]:
 
 @pytest.fixture
 def slurm() -> None:
-    """As tests/integration/test_slurm.py's: skip without a local Slurm, fail under CI's
-    HBT_REQUIRE_CLUSTER=1."""
-    if shutil.which("sbatch") is None or not (os.environ.get("SLURM_CONF") or Path("/etc/slurm/slurm.conf").exists()):
-        if os.environ.get("HBT_REQUIRE_CLUSTER") == "1":
-            pytest.fail("HBT_REQUIRE_CLUSTER=1 but no Slurm here: run slurm/local/up.sh and export SLURM_CONF")
-        pytest.skip("no Slurm here (start one with slurm/local/up.sh and export SLURM_CONF)")
+    """Skip without a local Slurm, fail under CI's HBT_REQUIRE_CLUSTER=1."""
+    need_cluster(slurm_here(), *SLURM_MISSING)
 
 
 def test_local_executor_two_task_job_and_bad_strategy(tmp_path: Path) -> None:
