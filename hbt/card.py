@@ -52,6 +52,19 @@ def _evaluated_on(cfg: Config) -> str:
     return f"`{e.data}`, only its held-out titles (`{e.holdout_titles}`, seed {cfg.data.holdout_seed}; none was trained on)"
 
 
+def _centering(cfg: Config) -> list[str]:
+    """The sentence saying what the summary's centered row is (``eval.debias: center``)."""
+    e = cfg.eval
+    if e.debias != "center":
+        return []
+    whose = (f"taken over at most {e.debias_sample} training pairs per language (what a deployment has)"
+             if e.debias_means == "train" else
+             "taken over the evaluated pool itself (transductive: it looks at the test set, which a deployment cannot)")
+    return ["", "The *centered* row scores the same model's embeddings after removing each language's mean query and "
+                f"mean passage embedding, {whose}, and normalising them again: the \"demean\" baseline against language "
+                "bias, with nothing retrained (`eval.debias: center`)."]
+
+
 def write_card(out: Path, cfg: Config, languages: list[str], steps: int, evaluation: Path | None) -> Path:
     """``out/README.md``; ``evaluation`` is the directory of the run's last evaluation."""
     t, m = cfg.train, cfg.model
@@ -85,7 +98,8 @@ def write_card(out: Path, cfg: Config, languages: list[str], steps: int, evaluat
              f"| seed | {cfg.run.seed} |", ""]
     if evaluation is not None and (evaluation / "summary.md").exists():
         summary = (evaluation / "summary.md").read_text(encoding="utf-8").splitlines()[1:]  # its own title dropped
-        lines += ["## Evaluation", "", f"On {_evaluated_on(cfg)}; mAP, docs/metrics.md of hbt defines every column.", *summary]
+        lines += ["## Evaluation", "", f"On {_evaluated_on(cfg)}; mAP, docs/metrics.md of hbt defines every column.",
+                  *_centering(cfg), *summary]
         if (evaluation / "cross_heatmap.png").exists():
             shutil.copy(evaluation / "cross_heatmap.png", out / "cross_heatmap.png")
             lines += ["", "![mAP per query language x candidate language](cross_heatmap.png)", ""]

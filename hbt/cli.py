@@ -121,6 +121,16 @@ def _add_eval(add_parser: AddParser) -> None:
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--index", choices=["flat", "hnsw", "ivf"], default="flat", help="FAISS index of each shard")
     ev.add_argument("--cache-dir", default=".cache/hbt", help="where shards are converted (data.cache_dir)")
+    ev.add_argument("--debias", choices=["none", "center"], default="none",
+                    help="center: also score every setting with each language's mean embedding removed from its queries "
+                         "and candidates, then re-normalised (eval.debias; docs/metrics.md)")
+    ev.add_argument("--debias-means", choices=["train", "pool"], default="train",
+                    help="whose means: train (a sample of the training data: --debias-data, or the titles of --data outside "
+                         "--holdout-titles) or pool (the evaluated pool itself: transductive)")
+    ev.add_argument("--debias-data", default=None, metavar="DATA",
+                    help="training data of --debias-means train, any format --data takes")
+    ev.add_argument("--debias-sample", type=int, default=512, metavar="N",
+                    help="the means of at most N training pairs per language (eval.debias_sample)")
     ev.set_defaults(run=commands.eval_command)
 
 

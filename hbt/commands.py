@@ -179,9 +179,11 @@ def eval_command(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/eval/{Path(args.model).name}-{Path(args.data.split(':')[0]).name}")
     results, env = run_eval(EvalArgs(args.model, args.data, settings, out, args.holdout_titles, args.seed, args.pooling,
                                      args.query_prefix, args.passage_prefix, args.max_length, args.k, args.batch_size, args.index,
-                                     args.cache_dir))
+                                     args.cache_dir, args.debias, args.debias_means, args.debias_data, args.debias_sample))
     if env.is_main:
-        print(", ".join(f"{k} {v:.4f}" for k, v in results["summary"].items()))
+        from hbt.eval.report import headline_lines
+
+        print("\n".join(headline_lines(results)))
         print(f"outputs: {out.resolve()}")
     return 0
 

@@ -174,6 +174,10 @@ class TrainConfig(SamplerSection):
         return SamplerConfig(seed=seed, **{name: getattr(self, name) for name in SAMPLER_KEYS})
 
 
+Debias = Literal["none", "center"]  # eval.debias: also score centred embeddings (hbt.eval.debias)
+DebiasMeans = Literal["train", "pool"]  # whose per-language means centring removes
+
+
 @dataclass
 class EvalConfig:
     data: str | None = None  # evaluation data; default: the held-out titles of data.train
@@ -183,6 +187,11 @@ class EvalConfig:
     k: int = 100  # length of the top-k lists written to multi.run
     batch_size: int = 128
     index: Literal["flat", "hnsw", "ivf"] = "flat"
+    # center: every metric again after removing each language's mean embedding from its queries
+    # and candidates (then L2-normalised), beside the plain ones (docs/metrics.md)
+    debias: Debias = "none"
+    debias_means: DebiasMeans = "train"  # train: of a sample of the training data; pool: of the evaluated pool (transductive)
+    debias_sample: int = 512  # train: at most this many training pairs per language (their queries and positives)
 
     def setting_list(self) -> tuple[str, ...]:
         chosen = tuple(s.strip() for s in self.settings.split(",") if s.strip())
@@ -195,7 +204,7 @@ class EvalConfig:
         """Before training: an evaluation that would fail only after encoding everything
         (no top-k lists, batches of no texts, a hold-out without its data) is refused."""
         self.setting_list()
-        at_least(1, {"eval.k": self.k, "eval.batch_size": self.batch_size})
+        at_least(1, {"eval.k": self.k, "eval.batch_size": self.batch_size, "eval.debias_sample": self.debias_sample})
         if self.holdout_titles is not None:
             if not self.data:
                 raise InputError("eval.holdout_titles", "needs eval.data (without it, set data.holdout_titles)")

@@ -23,6 +23,7 @@ from hbt.data.table import any_corpus
 from hbt.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from hbt.data.training import TrainingData, load_training_data
 from hbt.errors import InputError
+from hbt.eval.debias import Centering, centering_for, training_texts
 from hbt.model import BiEncoder, build_tiny, check_encoder, export, load_pretrained
 from hbt.monitor import rewind
 from hbt.runlock import RunLock
@@ -53,6 +54,17 @@ def evaluation_set(cfg: Config, data: TrainingData, env: hdist.DistEnv | None = 
             _, corpus = split_corpus(corpus, cfg.eval.holdout_titles, cfg.data.holdout_seed, key="eval.holdout_titles")
         return corpus.retrieval
     return data.held_out.retrieval if data.held_out else None
+
+
+def evaluation_centering(cfg: Config, data: TrainingData, eval_set: RetrievalSet | None) -> Centering | None:
+    """``eval.debias``'s centring of every evaluation (None without one), its training
+    sample drawn from the run's training data and checked against the evaluated languages
+    before anything is trained (:mod:`hbt.eval.debias`)."""
+    e = cfg.eval
+    if eval_set is None:
+        return None
+    return centering_for(e.debias, e.debias_means, eval_set, lambda: training_texts(data, e.debias_sample),
+                         e.debias_sample, "eval.debias_means")
 
 
 def sampler_for(cfg: Config, data: TrainingData, world_size: int = 1, rank: int = 0) -> HybridBatchSampler:
@@ -217,6 +229,7 @@ def lock_run_dir(run_dir: Path, env: hdist.DistEnv) -> RunLock:
 def _train(cfg: Config, env: hdist.DistEnv, run_dir: Path, resume: str, accept_changes: bool) -> Path:
     data = training_data(cfg, env)
     eval_set = evaluation_set(cfg, data, env)
+    centering = evaluation_centering(cfg, data, eval_set)
     if cfg.train.hard_negatives and data.missing_negatives():
         raise InputError("train.hard_negatives", f"{data.missing_negatives():,} training pairs have no hard negatives")
     if env.is_main:  # only once the data is read: refused data leaves the run directory (but .lock) as it was
@@ -250,7 +263,7 @@ def _train(cfg: Config, env: hdist.DistEnv, run_dir: Path, resume: str, accept_c
     _stop_if_signalled()
     evaluator = None
     if eval_set is not None:
-        evaluator = lambda label: evaluate_engine(engine, tokenizer, eval_set, run_dir / "eval" / label)  # noqa: E731
+        evaluator = lambda label: evaluate_engine(engine, tokenizer, eval_set, run_dir / "eval" / label, centering)  # noqa: E731
     elif env.is_main:
         print("no evaluation data (set eval.data or data.holdout_titles): training only", file=sys.stderr)
     engine.fit(evaluator)
@@ -270,10 +283,11 @@ def _zero3(engine) -> bool:
     return engine.resolved.zero_stage == 3
 
 
-def evaluate_engine(engine, tokenizer, rs: RetrievalSet, out: Path) -> dict:
+def evaluate_engine(engine, tokenizer, rs: RetrievalSet, out: Path, centering: Centering | None = None) -> dict:
     """Evaluate the model being trained on every rank of the engine's job, encoding its
-    texts as it trains on them; rank 0 writes the outputs. Under ZeRO-3 the shards are
-    gathered first, since ranks encode different numbers of batches."""
+    texts as it trains on them (and ``centering``'s, :func:`evaluation_centering`); rank 0
+    writes the outputs. Under ZeRO-3 the shards are gathered first, since ranks encode
+    different numbers of batches."""
     import deepspeed
 
     from hbt.eval.report import write_outputs
@@ -282,7 +296,7 @@ def evaluate_engine(engine, tokenizer, rs: RetrievalSet, out: Path) -> dict:
     e, env = engine.cfg.eval, engine.env
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=_zero3(engine)):
         results = evaluate(engine.module, tokenizer, rs, engine.resolved.text, env, e.setting_list(), e.k, e.index,
-                           e.batch_size, env.is_main)
+                           e.batch_size, env.is_main, centering=centering)
     if env.is_main:
         write_outputs(results, out, f"{Path(engine.cfg.run.dir).name} {out.name}")
     return results["summary"]

@@ -387,6 +387,47 @@ def eval_world(world: int) -> dict:
         return torch.load(out, weights_only=False)
 
 
+DEBIAS_TRAINING = "synthetic:items=90,languages=3,coverage=0.8,seed=6"  # EVAL_CORPUS' languages, other items
+
+
+def debias_rank(rank: int, world: int, init: str, out: str) -> None:
+    """One rank of centred evaluation: the per-language means of this rank's shard of
+    fixed random vectors (languages unevenly spread, so a shard may lack one) as every
+    rank computes them, and the evaluation of :func:`eval_rank` centred by the pool's
+    means and by a training sample's; rank 0 saves every rank's means and its results."""
+    from hbt.dist import gather_objects
+    from hbt.eval.debias import Centering, corpus_texts, language_means
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    env = detect({"RANK": str(rank), "WORLD_SIZE": str(world)})
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((301, 8)).astype(np.float32)
+    lang = np.sort(rng.choice(4, len(vectors), p=[0.6, 0.3, 0.08, 0.02]))
+    a, b = shard_bounds(len(vectors), rank, world)
+    means = gather_objects(language_means(vectors[a:b], lang[a:b], 4, env), env)
+    model, tokenizer, rs = eval_model_and_tokenizer()
+    results = {name: evaluate(model, tokenizer, rs, EVAL_SPEC, env, k=10, progress=False, centering=centering)
+               for name, centering in (("pool", Centering()),
+                                       ("train", Centering(corpus_texts(load_corpus(DEBIAS_TRAINING), 40), 40)))}
+    if rank == 0:
+        torch.save({"means": means, "vectors": vectors, "lang": lang, **results}, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def debias_world(world: int) -> dict:
+    """:func:`debias_rank`'s results on ``world`` gloo processes (1: in this process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.pt")
+        if world == 1:
+            debias_rank(0, 1, "", out)
+        else:
+            mp.spawn(debias_rank, args=(world, f"file://{tmp}/rendezvous", out), nprocs=world, join=True)
+        return torch.load(out, weights_only=False)
+
+
 # -- the run directory's lock ----------------------------------------------------------
 
 HOLD_LOCK = """

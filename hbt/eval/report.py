@@ -69,18 +69,46 @@ def heatmap(results: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def summary_markdown(results: dict, title: str) -> str:
+def headline_lines(results: dict) -> list[str]:
+    """``hbt eval``'s console lines: the headline numbers, then the centred ones (when
+    evaluated) on a line that says whose means were removed."""
+    from hbt.eval.debias import PREFIX  # imports torch: not at the top, which hbt report and the sweep's tables import
+
     s = results["summary"]
-    lines = [f"# {title}", "", "| " + " | ".join(name for _, name in HEADLINE) + " |", "|" + "---:|" * len(HEADLINE)]
-    lines.append("| " + " | ".join(f"{s[key]:.4f}" if key in s else "-" for key, _ in HEADLINE) + " |")
+    lines = [", ".join(f"{k} {v:.4f}" for k, v in s.items() if not k.startswith(PREFIX))]
+    if "centered" in results:
+        centred = ", ".join(f"{k[len(PREFIX):]} {v:.4f}" for k, v in s.items() if k.startswith(PREFIX))
+        lines.append(f"{results['centered']['label']}: {centred}")
+    return lines
+
+
+def summary_markdown(results: dict, title: str) -> str:
+    from hbt.eval.debias import PREFIX  # as in headline_lines
+
+    s = results["summary"]
+    centred = results.get("centered")
+    names = [name for _, name in HEADLINE]
+    if centred is None:
+        lines = [f"# {title}", "", "| " + " | ".join(names) + " |", "|" + "---:|" * len(HEADLINE)]
+        lines.append("| " + " | ".join(f"{s[key]:.4f}" if key in s else "-" for key, _ in HEADLINE) + " |")
+    else:  # one row per embedding: plain, then centred (eval.debias)
+        lines = [f"# {title}", "", "| embeddings | " + " | ".join(names) + " |", "|---|" + "---:|" * len(HEADLINE)]
+        for label, prefix in (("plain", ""), (centred["label"], PREFIX)):
+            lines.append(f"| {label} | " + " | ".join(f"{s[prefix + key]:.4f}" if prefix + key in s else "-"
+                                                     for key, _ in HEADLINE) + " |")
     rows, cols, matrix = map_matrix(results)
-    lines += ["", "| query language | mono mAP | mean cross mAP (as query) | multilingual mAP | multilingual R@10 |", "|---|---:|---:|---:|---:|"]
+    extra = " centered multilingual mAP |" if centred is not None and "multi" in centred else ""
+    lines += ["", "| query language | mono mAP | mean cross mAP (as query) | multilingual mAP | multilingual R@10 |" + extra,
+              "|---|---:|---:|---:|---:|" + ("---:|" if extra else "")]
     for i, x in enumerate(rows):
         mono = results.get("mono", {}).get(x, {}).get("map")
         cross = [matrix[i, j] for j, y in enumerate(cols) if y != x and np.isfinite(matrix[i, j])]
         multi = results.get("multi", {}).get(x, {})
         cells = [f"{mono:.4f}" if mono is not None else "-", f"{np.mean(cross):.4f}" if cross else "-",
                  f"{multi['map']:.4f}" if "map" in multi else "-", f"{multi['recall@10']:.4f}" if "recall@10" in multi else "-"]
+        if extra:
+            centred_multi = centred["multi"].get(x, {})
+            cells.append(f"{centred_multi['map']:.4f}" if "map" in centred_multi else "-")
         lines.append(f"| {x} | " + " | ".join(cells) + " |")
     t = results.get("timings", {})
     lines += ["", "Timings (s): " + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in t.items())]

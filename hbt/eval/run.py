@@ -20,6 +20,7 @@ from hbt.data.corpus import RetrievalSet
 from hbt.data.tokenize import TextSpec
 from hbt.errors import InputError
 from hbt.eval.bias import language_bias
+from hbt.eval.debias import PREFIX, Centering, center, language_means, training_means
 from hbt.dist import DistEnv, gather_objects
 from hbt.eval.encode import encode, shard_bounds
 from hbt.eval.metrics import metrics_from_ranks
@@ -57,24 +58,29 @@ class EvalLayout:
 
 def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, env: DistEnv, settings: tuple[str, ...] = SETTINGS,
              k: int = 100, index: IndexKind = "flat", batch_size: int = 128, progress: bool = True,
-             block: Block = Block()) -> dict:
+             block: Block = Block(), centering: Centering | None = None) -> dict:
     """Metrics per setting and language (pair), their means, language bias, timings, and
     the multilingual top-k lists (for run files), on every rank of ``env`` (each encodes
     its share). ``block`` bounds the memory of exact ranks
-    (:class:`hbt.eval.search.Block`); it changes no result."""
+    (:class:`hbt.eval.search.Block`); it changes no result. With ``centering``
+    (:mod:`hbt.eval.debias`) the same metrics of the centred embeddings follow under
+    ``centered`` and, prefixed ``centered_``, in the summary; the plain ones are unchanged."""
     rank, size = env.rank, env.world_size
     layout = EvalLayout.of(rs)
     cands = layout.candidates
     show = progress and rank == 0
     timings: dict[str, float] = {}
 
+    def encode_side(texts: list[str], side: str, desc: str) -> np.ndarray:
+        prefix, length = ((spec.query_prefix, spec.max_query_length) if side == "query" else
+                          (spec.passage_prefix, spec.max_passage_length))
+        return encode(model, tokenizer, [prefix + t for t in texts], length, batch_size, desc if show else None)
+
     tick = time.perf_counter()
     qa, qb = shard_bounds(len(layout.query_texts), rank, size)
     ca, cb = shard_bounds(len(cands.texts), rank, size)
-    q_texts = [spec.query_prefix + t for t in layout.query_texts[qa:qb]]
-    c_texts = [spec.passage_prefix + t for t in cands.texts[ca:cb]]
-    q_local = encode(model, tokenizer, q_texts, spec.max_query_length, batch_size, "encode queries" if show else None)
-    c_emb = encode(model, tokenizer, c_texts, spec.max_passage_length, batch_size, "encode candidates" if show else None)
+    q_local = encode_side(layout.query_texts[qa:qb], "query", "encode queries")
+    c_emb = encode_side(cands.texts[ca:cb], "passage", "encode candidates")
     q_emb = np.concatenate(gather_objects(q_local, env))
     timings["encode_s"] = time.perf_counter() - tick
     if q_emb.shape[1] != c_emb.shape[1]:
@@ -85,11 +91,42 @@ def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, env: DistEnv, s
         q_emb, c_emb, ca, layout.query_lang, cands.lang, cands.relevant, env,
         k=k if "multi" in settings else 0, index=index, block=block, show=show)
     timings.update(search_timings)
-    n_clang = len(cands.langs)
 
     tick = time.perf_counter()
+    results: dict = {"settings": list(settings), "k": k, **metrics_of(layout, counts, settings)}
+    if "multi" in settings:
+        n_clang = len(cands.langs)
+        top = {x: merge_topk([part[x, y] for part in gathered for y in range(n_clang)], k) for x in range(len(layout.query_langs))}
+        results["topk"] = {"query_ids": layout.query_ids, "cand_ids": cands.ids, "lists": top}
+    results["summary"] = summarize(results)
+    timings["metrics_s"] = time.perf_counter() - tick
+
+    if centering is not None:
+        tick = time.perf_counter()
+        c_lang = cands.lang[ca:cb]
+        if centering.training is None:
+            q_means, _ = language_means(q_local, layout.query_lang[qa:qb], len(layout.query_langs), env)
+            c_means, _ = language_means(c_emb, c_lang, len(cands.langs), env)
+        else:
+            q_means, c_means = training_means(centering.training, layout.query_langs, cands.langs,
+                                              lambda texts, side: encode_side(texts, side, f"encode training {side}s"), env)
+        centred_counts, _, _ = search_and_rank(  # no top-k lists: multi.run is the plain embeddings'
+            center(q_emb, layout.query_lang, q_means), center(c_emb, c_lang, c_means), ca, layout.query_lang,
+            cands.lang, cands.relevant, env, k=0, block=block, show=show)
+        centred = metrics_of(layout, centred_counts, settings)
+        results["centered"] = {**centering.describe(), **centred}
+        results["summary"].update({PREFIX + key: value for key, value in summarize(centred).items()})
+        timings["debias_s"] = time.perf_counter() - tick
+    results["timings"] = timings
+    return results
+
+
+def metrics_of(layout: EvalLayout, counts: np.ndarray, settings: tuple[str, ...]) -> dict:
+    """Every setting's metrics per language (pair) and the multilingual pool's language
+    bias, from :func:`search_and_rank`'s counts."""
+    cands = layout.candidates
     rel_lang = np.where(cands.relevant >= 0, cands.lang[np.maximum(cands.relevant, 0)], -1)
-    results: dict = {"settings": list(settings), "k": k}
+    results: dict = {}
     qnames, cnames = layout.query_langs, cands.langs
     if "mono" in settings or "cross" in settings:
         for x, xname in enumerate(qnames):
@@ -102,17 +139,12 @@ def evaluate(model, tokenizer, rs: RetrievalSet, spec: TextSpec, env: DistEnv, s
                 ranks = np.where(in_y, counts[:, :, y] + 1, 0)[rows]
                 key = xname if setting == "mono" else f"{xname}-{yname}"
                 results.setdefault(setting, {})[key] = metrics_from_ranks(ranks)
-    multi_ranks = np.where(cands.relevant >= 0, counts.sum(-1) + 1, 0)
     if "multi" in settings:
+        multi_ranks = np.where(cands.relevant >= 0, counts.sum(-1) + 1, 0)
         results["multi"] = {x: metrics_from_ranks(multi_ranks[layout.query_lang == i]) for i, x in enumerate(qnames)}
         by_lang = {x: m["map"] for x, m in results["multi"].items() if m.get("queries")}
         query_lang_codes = np.array([cnames.index(qnames[i]) if qnames[i] in cnames else -1 for i in layout.query_lang])
         results["bias"] = language_bias(multi_ranks, rel_lang, query_lang_codes, by_lang)
-        top = {x: merge_topk([part[x, y] for part in gathered for y in range(n_clang)], k) for x in range(len(qnames))}
-        results["topk"] = {"query_ids": layout.query_ids, "cand_ids": cands.ids, "lists": top}
-    results["summary"] = summarize(results)
-    timings["metrics_s"] = time.perf_counter() - tick
-    results["timings"] = timings
     return results
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hbt import dist as hdist
+from hbt.config import Debias, DebiasMeans
 from hbt.data import split_corpus
 from hbt.data.split import parse_holdout
 from hbt.data.tokenize import TextSpec
@@ -30,15 +31,25 @@ class EvalArgs:
     batch_size: int = 128
     index: str = "flat"
     cache_dir: str = ".cache/hbt"  # where shards are converted (data.cache_dir)
+    debias: Debias = "none"  # eval.debias (hbt.eval.debias)
+    debias_means: DebiasMeans = "train"  # eval.debias_means: train needs debias_data or holdout_titles
+    debias_data: str | None = None  # the training data of the means (default: --data outside --holdout-titles)
+    debias_sample: int = 512  # eval.debias_sample
 
     def validate(self) -> None:
         """What used to fail only after every text was encoded (``--k 0``, ``--batch-size
         0``, ``--out`` naming a file) or with a traceback (an unreadable ``@file``),
         refused before anything is read."""
-        at_least(1, {"--k": self.k, "--batch-size": self.batch_size})
+        at_least(1, {"--k": self.k, "--batch-size": self.batch_size, "--debias-sample": self.debias_sample})
         check_output_dir(self.out)
         if self.holdout_titles:
             parse_holdout(self.holdout_titles, key="--holdout-titles")
+        if self.debias_data and (self.debias, self.debias_means) != ("center", "train"):
+            raise InputError("--debias-data", "takes the means of training data: only with --debias center --debias-means train")
+        if (self.debias, self.debias_means) == ("center", "train") and not (self.debias_data or self.holdout_titles):
+            raise InputError("--debias-means", "train takes the means of training data: name it with --debias-data, or "
+                                               "hold out the evaluated titles of --data (--holdout-titles, the rest is the "
+                                               "training data); or --debias-means pool (transductive)")
 
 
 def check_output_dir(out: Path) -> None:
@@ -100,6 +111,7 @@ def run_eval(a: EvalArgs) -> tuple[dict, hdist.DistEnv]:
     outputs. Returns the results and the job's env (so the caller prints once). The
     arguments and the model's config are checked first, then the data is read."""
     from hbt.data.table import any_corpus
+    from hbt.eval.debias import centering_for, corpus_texts
     from hbt.eval.report import write_outputs
     from hbt.eval.run import evaluate
 
@@ -107,10 +119,16 @@ def run_eval(a: EvalArgs) -> tuple[dict, hdist.DistEnv]:
     spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
     corpus = any_corpus(a.data, a.cache_dir, env.is_main, hdist.barrier)
+    training = None  # the corpus whose pairs the training means are taken over
     if a.holdout_titles:
-        _, corpus = split_corpus(corpus, a.holdout_titles, a.seed, key="--holdout-titles")
+        training, corpus = split_corpus(corpus, a.holdout_titles, a.seed, key="--holdout-titles")
+    if a.debias_data:
+        training = any_corpus(a.debias_data, a.cache_dir, env.is_main, hdist.barrier)
+    sample = (lambda: corpus_texts(training, a.debias_sample)) if training is not None else None
+    centering = centering_for(a.debias, a.debias_means, corpus.retrieval, sample, a.debias_sample, "--debias-means")
     model, tokenizer = load_encoder(a.model, pooling, env)
-    results = evaluate(model, tokenizer, corpus.retrieval, spec, env, a.settings, a.k, a.index, a.batch_size, env.is_main)
+    results = evaluate(model, tokenizer, corpus.retrieval, spec, env, a.settings, a.k, a.index, a.batch_size, env.is_main,
+                       centering=centering)
     if env.is_main:
         write_outputs(results, a.out, f"{Path(a.model).name} on {corpus.name}")
     return results, env
