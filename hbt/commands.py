@@ -20,9 +20,13 @@ if TYPE_CHECKING:  # hbt.dist imports torch
 
 def data_stats_command(args: argparse.Namespace) -> int:
     from hbt.data import load_corpus
-    from hbt.data.stats import pairs_table, stats_table
+    from hbt.data.stats import pairs_table, stats_table, synthetic_stats
+    from hbt.data.synthetic import is_synthetic
     from hbt.data.table import is_table_source
 
+    if is_synthetic(args.path):  # generated into the cache as a table: any size, no Python object per pair
+        print(synthetic_stats(args.path, args.cache_dir))
+        return 0
     if is_table_source(args.path):  # shards: what training reads, without a Python object per row
         data, index = _training_index(args.path, args.cache_dir)
         print(f"{args.path}: {data.n_items:,} items, {len(data.rows):,} pairs, {len(data.languages)} languages")

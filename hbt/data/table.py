@@ -3,9 +3,11 @@
 Large corpora (Parquet or JSONL shards, a ``save_to_disk`` directory, a hub dataset)
 are read through Hugging Face ``datasets``: it converts shards once into Arrow files in
 ``data.cache_dir`` and memory-maps them, so a 10^7-pair corpus costs page cache, not
-per-process heap, and every rank on a node shares the same pages. The small built-in
-formats (synthetic, LAReQA JSON, one generic ``.jsonl`` file) are parsed by their own
-loaders (which name the offending line or JSON path) and turned into the same table.
+per-process heap, and every rank on a node shares the same pages. The built-in synthetic
+corpus is generated into the same kind of Arrow file in ``data.cache_dir`` (chunk by
+chunk, at any size; :mod:`hbt.data.synthetic`) and memory-mapped alike. The small
+formats (LAReQA JSON, one generic ``.jsonl`` file) are parsed by their own loaders (which
+name the offending line or JSON path) and turned into the same table.
 
 The table's columns are the generic format's (docs/data.md): ``id``, ``lang``,
 ``query``, ``positive``, and optionally ``negatives`` (a list of strings) and ``title``.
@@ -27,6 +29,7 @@ from hbt.data.corpus import Corpus
 from hbt.data.jsonl import corpus_from_rows, read_jsonl
 from hbt.data.load import load_corpus
 from hbt.data.retrieval import is_retrieval_dir
+from hbt.data.synthetic import SyntheticSpec, cached_table, is_synthetic
 from hbt.errors import InputError
 
 REQUIRED = ("id", "lang", "query", "positive")
@@ -166,9 +169,17 @@ def map_columns(ds: datasets.Dataset, columns: dict[str, str], source: str) -> d
     return ds
 
 
+# The columns of a table made by hbt (a parsed corpus's, the synthetic corpus's).
+FEATURES = datasets.Features({
+    "id": datasets.Value("string"), "lang": datasets.Value("string"), "query": datasets.Value("string"),
+    "positive": datasets.Value("string"), "negatives": datasets.Sequence(datasets.Value("string")),
+    "title": datasets.Value("string"),
+})
+
+
 def corpus_dataset(corpus: Corpus) -> datasets.Dataset:
-    """A parsed corpus (synthetic, LAReQA, one JSONL file) as an in-memory table: these
-    are small by nature (a test set, the built-in default)."""
+    """A parsed corpus (LAReQA, one JSONL file) as an in-memory table: these are small by
+    nature (a test set)."""
     rows = [(item, lang, pair) for item in corpus.items for lang, pair in sorted(item.pairs.items())]
     return datasets.Dataset.from_dict({
         "id": [item.id for item, _, _ in rows],
@@ -177,11 +188,17 @@ def corpus_dataset(corpus: Corpus) -> datasets.Dataset:
         "positive": [pair.passage for _, _, pair in rows],
         "negatives": [list(pair.negatives) for _, _, pair in rows],
         "title": [item.title for item, _, _ in rows],
-    }, features=datasets.Features({
-        "id": datasets.Value("string"), "lang": datasets.Value("string"), "query": datasets.Value("string"),
-        "positive": datasets.Value("string"), "negatives": datasets.Sequence(datasets.Value("string")),
-        "title": datasets.Value("string"),
-    }))
+    }, features=FEATURES)
+
+
+def synthetic_dataset(source: str, cache_dir: str) -> datasets.Dataset:
+    """The synthetic corpus ``source`` names (``synthetic[:...]``) as a memory-mapped table:
+    generated into ``cache_dir`` the first time (:func:`hbt.data.synthetic.cached_table`),
+    the rows :func:`corpus_dataset` makes of its parsed corpus, and the parsed corpus's
+    content fingerprint as the dataset's (so caches keyed by it are shared with it)."""
+    path, meta = cached_table(SyntheticSpec.parse(source), cache_dir)
+    table = datasets.table.MemoryMappedTable.from_file(str(path))
+    return datasets.Dataset(table, info=datasets.DatasetInfo(features=FEATURES.copy()), fingerprint=meta["fingerprint"])
 
 
 def source_root(source: str) -> Path:
@@ -243,10 +260,14 @@ def _rows(ds: datasets.Dataset, source: str, rows: Sequence[int], size: int = 10
 
 def open_source(source: str, columns: dict[str, str], cache_dir: str) -> tuple[datasets.Dataset, Corpus | None]:
     """The table of one training source, and the parsed corpus when the source is one of
-    the small built-in formats (its retrieval view can serve a held-out evaluation)."""
+    the small parsed formats (its retrieval view can serve a held-out evaluation). The
+    synthetic corpus is generated into ``cache_dir`` as a table (no parsed corpus: a
+    hold-out of it is read from the table, as a shard source's is)."""
     if is_table_source(source):
         return map_columns(open_dataset(source, cache_dir), columns, source), None
     if columns:
         raise InputError(f"{source} columns", "a column mapping applies to Parquet/JSONL shards and saved datasets only")
+    if is_synthetic(source):
+        return synthetic_dataset(source, cache_dir), None
     corpus = load_corpus(source)
     return corpus_dataset(corpus), corpus
