@@ -130,3 +130,17 @@ def test_centering_choices_and_refusals() -> None:
         centering_for("center", "train", rs, lambda: two, 8, "eval.debias_means")
     with pytest.raises(InputError, match="^--debias-means: 'train' needs training data"):
         centering_for("center", "train", rs, None, 8, "--debias-means")
+
+
+def test_the_training_sample_of_the_replication_split_never_holds_a_test_title(xquad_r) -> None:
+    """On XQuAD-R's replication split (``--holdout-titles 0.2``, seed 0): 512 pairs in each
+    of the 11 languages, all from the 38 training articles, none from the 10 test ones."""
+    from hbt.data import split_corpus
+
+    train, test = split_corpus(load_corpus(str(xquad_r)), 0.2, 0, key="--holdout-titles")
+    texts = corpus_texts(train, 512)
+    assert len(texts.queries) == 11 and all(len(v) == 512 for v in texts.queries.values())
+    test_queries = {p.query for item in test.items for p in item.pairs.values()}
+    assert not test_queries & {q for qs in texts.queries.values() for q in qs}
+    made = centering_for("center", "train", test.retrieval, lambda: texts, 512, "--debias-means")
+    assert made.describe()["training_pairs"] == {lang: 512 for lang in texts.queries}
