@@ -59,7 +59,7 @@ _SCRIPTS: list[tuple[str, int, int]] = [
 _CJK_START, _CJK_SLICE = 0x4E00, 64  # further languages: disjoint slices of CJK ideographs
 
 TABLE_VERSION = 1  # bump when the draws or the table's layout change: cached tables are then ignored
-CHUNK_ITEMS = 20_000  # items drawn per chunk: a chunk's arrays and texts are what generation holds
+CHUNK_PAIRS = 1 << 15  # pairs drawn per chunk (whole items): a chunk's arrays and texts are what generation holds
 BATCH_ROWS = 1 << 16  # rows per record batch of the written file, whatever the chunk size (same bytes)
 
 
@@ -169,11 +169,17 @@ def _start(spec: SyntheticSpec) -> tuple[np.random.Generator, list[str], list[np
     return rng, [w for lex in words for w in lex], topic_concepts
 
 
-def _chunks(spec: SyntheticSpec, chunk_items: int = CHUNK_ITEMS) -> Iterator[tuple[list[str], _Chunk]]:
-    """The corpus' draws, ``chunk_items`` items at a time (and the words of every language,
-    language ``l``'s concept ``c`` at ``l * concepts + c``). One stream drawn item after
-    item, exactly as hbt drew it when it built one Python object per pair (so the corpus
-    is the same as then); the stream never depends on the chunk size."""
+def chunk_items(spec: SyntheticSpec) -> int:
+    """Items per chunk: about :data:`CHUNK_PAIRS` pairs, whatever the number of languages."""
+    return max(1, CHUNK_PAIRS // len(spec.language_codes()))
+
+
+def _chunks(spec: SyntheticSpec, chunk: int | None = None) -> Iterator[tuple[list[str], _Chunk]]:
+    """The corpus' draws, ``chunk`` items at a time (default :func:`chunk_items`), and the
+    words of every language (language ``l``'s concept ``c`` at ``l * concepts + c``). One
+    stream drawn item after item, exactly as hbt drew it when it built one Python object
+    per pair (so the corpus is the same as then); the stream never depends on the chunk."""
+    chunk = chunk or chunk_items(spec)
     rng, words, topic_concepts = _start(spec)
     random, integers, choice, permuted = rng.random, rng.integers, rng.choice, rng.permuted
     P, Q, C, T, TW = spec.passage_words, spec.query_words, spec.concepts, spec.topics, spec.topic_words
@@ -181,8 +187,8 @@ def _chunks(spec: SyntheticSpec, chunk_items: int = CHUNK_ITEMS) -> Iterator[tup
     coverage = spec.coverage
     orders: dict[tuple[int, int], np.ndarray] = {}  # (languages, query length) -> rows 0..len-1 to shuffle
     count_nonzero = np.count_nonzero
-    for first in range(0, spec.items, chunk_items):
-        n = min(chunk_items, spec.items - first)
+    for first in range(0, spec.items, chunk):
+        n = min(chunk, spec.items - first)
         topic = (np.arange(first, first + n) % T).astype(np.int32)
         passage = np.zeros((n, P), dtype=np.int32)
         plen = np.zeros(n, dtype=np.int32)
@@ -253,7 +259,7 @@ def _item_ids(first: int, n: int) -> pa.Array:
     return pc.binary_join_element_wise("syn", pc.utf8_lpad(numbers, width=6, padding="0"), "")
 
 
-def table_chunks(spec: SyntheticSpec, chunk_items: int = CHUNK_ITEMS) -> Iterator[pa.Table]:
+def table_chunks(spec: SyntheticSpec, chunk: int | None = None) -> Iterator[pa.Table]:
     """The corpus as the table training reads, chunk by chunk: one row per (item,
     language), an item's rows together and its languages in sorted order (as every
     table hbt reads from a parsed corpus), no hard negatives, the topic as the title."""
@@ -262,7 +268,7 @@ def table_chunks(spec: SyntheticSpec, chunk_items: int = CHUNK_ITEMS) -> Iterato
     lang_names = pa.array(codes)
     titles = pa.array([f"topic-{t:03d}" for t in range(spec.topics)])
     empty = pa.ListArray.from_arrays(pa.array([0], pa.int32()), pa.array([], pa.string()))
-    for words, c in _chunks(spec, chunk_items):
+    for words, c in _chunks(spec, chunk):
         queries, passages = _texts(pa.array(words), spec, c)
         order = np.lexsort((rank[c.pair_lang], c.pair_item))
         item, lang = c.pair_item[order], c.pair_lang[order]
@@ -282,6 +288,24 @@ def _fingerprint_bytes(table: pa.Table, starts: np.ndarray) -> pa.Buffer:
     return joined.buffers()[2][int(offsets[0]):int(offsets[-1])]
 
 
+def _plain(array: pa.Array) -> pa.Array:
+    """A string array (no nulls) in one canonical layout, whatever slice of whatever
+    chunk it came from: offsets from 0, its own bytes only, no validity bitmap. Arrow's
+    IPC writer writes a sliced array's buffers as they lie, so without this the file's
+    bytes would depend on where the chunks were cut."""
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    start, end = int(offsets[0]), int(offsets[-1])
+    return pa.StringArray.from_buffers(len(array), pa.py_buffer(offsets - offsets[0]),
+                                       array.buffers()[2].slice(start, end - start), null_count=0)
+
+
+def _batch(table: pa.Table) -> pa.RecordBatch:
+    """``table``'s rows as one record batch of canonical arrays (see :func:`_plain`)."""
+    empty = pa.ListArray.from_arrays(pa.array(np.zeros(table.num_rows + 1, dtype=np.int32)), pa.array([], pa.string()))
+    columns = [empty if name == "negatives" else _plain(table.column(name).combine_chunks()) for name in SCHEMA.names]
+    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
+
+
 def _batches(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.RecordBatch]:
     """The tables' rows re-cut into record batches of ``rows`` (the last one shorter)."""
     pending: list[pa.Table] = []
@@ -291,19 +315,19 @@ def _batches(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.RecordBatch]:
         count += table.num_rows
         while count >= rows:
             whole = pa.concat_tables(pending)
-            yield whole.slice(0, rows).combine_chunks().to_batches()[0]
+            yield _batch(whole.slice(0, rows))
             rest = whole.slice(rows)
             pending, count = [rest], rest.num_rows
     if count:
-        yield pa.concat_tables(pending).combine_chunks().to_batches()[0]
+        yield _batch(pa.concat_tables(pending))
 
 
-def write_table(spec: SyntheticSpec, path: Path, chunk_items: int = CHUNK_ITEMS,
+def write_table(spec: SyntheticSpec, path: Path, chunk: int | None = None,
                 batch_rows: int = BATCH_ROWS) -> dict[str, int | str]:
     """Write the corpus as an Arrow stream file (what ``datasets`` memory-maps) at
     ``path``, chunk by chunk; returns its size (items, rows) and the corpus' content
     fingerprint (:meth:`Corpus.fingerprint`'s, computed as the rows go by). The file's
-    bytes depend on the spec only, not on ``chunk_items``."""
+    bytes depend on the spec only, not on ``chunk`` (items drawn at a time)."""
     digest = hashlib.sha256()
     rows = 0
 
@@ -318,7 +342,7 @@ def write_table(spec: SyntheticSpec, path: Path, chunk_items: int = CHUNK_ITEMS,
             yield table
 
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
-        for batch in _batches(hashed(table_chunks(spec, chunk_items)), batch_rows):
+        for batch in _batches(hashed(table_chunks(spec, chunk)), batch_rows):
             writer.write_batch(batch)
     return {"items": spec.items, "rows": rows, "fingerprint": digest.hexdigest()[:16]}
 
