@@ -205,7 +205,17 @@ class Checkpointer:
             shutil.rmtree(stale, ignore_errors=True)
 
     def load(self, engine, tag: str) -> dict:
-        _, client_state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
-                                                 load_lr_scheduler_states=True)
-        set_rng_state(torch.load(self.root / tag / f"rng-rank{self.rank}.pt", weights_only=False))
+        """The checkpoint ``tag`` (its manifest verified) into ``engine`` and this rank's RNG.
+        The manifest holds sizes, not hashes (hashing gigabytes on every save would cost
+        more than it guards), so a file overwritten at its own size can still fail to load:
+        that is one line naming the checkpoint, not the loader's traceback."""
+        try:
+            _, client_state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
+                                                     load_lr_scheduler_states=True)
+            set_rng_state(torch.load(self.root / tag / f"rng-rank{self.rank}.pt", weights_only=False))
+        except Exception as e:  # noqa: BLE001 (torch, pickle and DeepSpeed each raise their own kinds)
+            reason = str(e).splitlines()[0] if str(e) else ""
+            raise InputError(str(self.root / tag), f"cannot be loaded ({type(e).__name__}: {reason}); its files have the "
+                                                   "sizes its manifest records but not their content: delete it to "
+                                                   "resume from the one before") from None
         return client_state

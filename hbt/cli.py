@@ -7,6 +7,7 @@ stderr and exit status 2, before any worker starts.
 from __future__ import annotations
 
 import argparse
+import errno
 import faulthandler
 import sys
 import typing
@@ -247,5 +248,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = run(args)
     except InputError as e:
         print(f"hbt: error: {e}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk where no write names itself (hbt.errors.writing does, for checkpoints
+        # and metrics): evaluation outputs, the exported model, the data cache.
+        print(f"hbt: error: {printable(str(e.filename or 'a write'))}: cannot write: no space left on its filesystem",
+              file=sys.stderr)
         code = EXIT_BAD_INPUT
     sys.exit(code)

@@ -8,6 +8,13 @@ manual unlock; the file's content only says who holds it, for the error message.
 second writer gets one line naming the holder's host and pid. A Slurm requeue may start
 before the pre-empted job's processes have exited: with ``SLURM_RESTART_COUNT`` set the
 new job waits a bounded time for the old holder to go.
+
+A ``flock`` belongs to the open file, which a fork shares: a DataLoader worker forked
+while rank 0 holds the lock would keep it after rank 0 is killed, until the worker
+noticed its parent was gone (seconds). Every forked child therefore closes its copy at
+once (:func:`os.register_at_fork`), and only the holder's own death frees the lock.
+A job refused after it took the lock puts the file back as it found it (content and
+times), so that a refusal writes nothing into an existing run directory.
 """
 
 from __future__ import annotations
@@ -23,6 +30,16 @@ from pathlib import Path
 from hbt.errors import InputError
 
 REQUEUE_WAIT_S = 300.0  # a pre-empted job's ranks exit within Slurm's KillWait (30 s by default)
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunLock:
@@ -32,6 +49,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
         self._fd: int | None = None
+        self._before: tuple[bytes, os.stat_result] | None = None  # the file as this lock found it
 
     def holder(self) -> str:
         """Who holds the lock, as its file says (best effort: it may be mid-write)."""
@@ -67,14 +85,26 @@ class RunLock:
                 time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         info = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
                 "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        stat = os.fstat(fd)
+        self._before = (os.pread(fd, stat.st_size, 0), stat)
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
+        _HELD.add(fd)
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the last descriptor releases the flock
-            self._fd = None
+    def release(self, restore: bool = False) -> None:
+        """Let the lock go; with ``restore`` (a refused job) the file is put back as it was
+        found: its content, and its access and modification times."""
+        if self._fd is None:
+            return
+        if restore and self._before is not None:
+            content, stat = self._before
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, content, 0)
+            os.utime(self._fd, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        _HELD.discard(self._fd)
+        os.close(self._fd)  # closing the last descriptor releases the flock
+        self._fd = None
 
     def __enter__(self) -> "RunLock":
         self.acquire()

@@ -22,13 +22,13 @@ from hbt.data import RetrievalSet, split_corpus
 from hbt.data.table import any_corpus
 from hbt.data.tokenize import PairTokenizer, tokenizer_fingerprint
 from hbt.data.training import TrainingData, load_training_data
-from hbt.errors import InputError
+from hbt.errors import InputError, writing
 from hbt.eval.debias import Centering, centering_for, training_texts
 from hbt.model import BiEncoder, build_tiny, check_encoder, export, load_pretrained
 from hbt.monitor import rewind
 from hbt.runlock import RunLock
 from hbt.resolve import precision, resolve
-from hbt.sampling import HybridBatchSampler, LanguageIndex, per_rank_batch
+from hbt.sampling import HybridBatchSampler, LanguageIndex
 
 
 TOKENIZER_SAMPLE = 200_000  # pairs the tiny preset's tokenizer is trained on, at most
@@ -205,10 +205,14 @@ def train(cfg: Config, env: hdist.DistEnv, resume: str = "auto", accept_changes:
     run_dir = Path(cfg.run.dir)
     check_model(cfg, run_dir)  # before the lock: a refused model leaves the run directory as it was
     lock = lock_run_dir(run_dir, env)
+    refused = False
     try:
         return _train(cfg, env, run_dir, resume, accept_changes)
+    except InputError:
+        refused = True  # the run directory stays as it was, .lock too
+        raise
     finally:
-        lock.release()
+        lock.release(restore=refused)
 
 
 def lock_run_dir(run_dir: Path, env: hdist.DistEnv) -> RunLock:
@@ -232,10 +236,6 @@ def _train(cfg: Config, env: hdist.DistEnv, run_dir: Path, resume: str, accept_c
     centering = evaluation_centering(cfg, data, eval_set)
     if cfg.train.hard_negatives and data.missing_negatives():
         raise InputError("train.hard_negatives", f"{data.missing_negatives():,} training pairs have no hard negatives")
-    if env.is_main:  # only once the data is read: refused data leaves the run directory (but .lock) as it was
-        launch = {"launcher": env.launcher, "world_size": env.world_size,
-                  "per_rank_batch": per_rank_batch(cfg.train.batch_size, env.world_size)}
-        (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
     _stop_if_signalled()
     encoder, tokenizer = build_model(cfg, data, run_dir, env)
     sampler = sampler_for(cfg, data, env.world_size, env.rank)
@@ -245,15 +245,23 @@ def _train(cfg: Config, env: hdist.DistEnv, run_dir: Path, resume: str, accept_c
     # and dropout masks change).
     fp = run_fingerprint.fingerprint(resolved.config_as_run(cfg), data.fingerprint, tokenizer_fingerprint(tokenizer),
                                      run_fingerprint.model_digest(encoder), env.world_size)
+    # The checkpoint to resume, checked before DeepSpeed starts and before anything is written:
+    # a refused resume (a changed input, another world size, no complete checkpoint) costs
+    # no engine and leaves the run directory as it was.
+    checkpoints = Checkpointer(run_dir / "checkpoints", cfg.train.keep_checkpoints, env, fp)
+    tag = resume_tag(checkpoints, resume, run_dir, env)
+    if tag:
+        check_fingerprint(checkpoints.root / tag, fp, accept_changes)
+    if env.is_main:
+        launch = {"launcher": env.launcher, "world_size": env.world_size, "per_rank_batch": resolved.per_rank_batch}
+        (run_dir / "launch.json").write_text(json.dumps(launch) + "\n")
     from hbt.engine import Engine  # imports deepspeed: after the cheap checks above
 
     torch.manual_seed(cfg.run.seed + env.rank)  # dropout: independent masks per rank, fixed by the seed
 
     engine = Engine(cfg, env, resolved, BiEncoder(encoder, cfg.model.pooling), data,
                     PairTokenizer(tokenizer, resolved.text, cfg.train.hard_negatives), sampler, run_dir, fingerprint=fp)
-    tag = resume_tag(engine.checkpointer, resume, run_dir, env)
     if tag:
-        check_fingerprint(engine.checkpointer.root / tag, fp, accept_changes)
         engine.resume(tag)
         if env.is_main:
             print(f"resumed from {run_dir / 'checkpoints' / tag} at step {engine.state.step}", file=sys.stderr)
@@ -312,5 +320,6 @@ def export_model(engine, tokenizer, out: Path) -> None:
     params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=_zero3(engine)):
         if engine.env.is_main:
-            export(module, tokenizer, out, text.query_prefix, text.passage_prefix, text.max_query_length, text.max_passage_length)
+            with writing(out):
+                export(module, tokenizer, out, text.query_prefix, text.passage_prefix, text.max_query_length, text.max_passage_length)
     hdist.barrier()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hbt.errors import InputError
+from hbt.errors import InputError, writing
 
 HEADLINE = [("mono_map", "mean mono mAP"), ("cross_map", "mean cross mAP"), ("multi_map", "multilingual mAP"),
             ("rank_spread", "rank spread"), ("own_language_first", "own-language first"), ("map_std", "mAP std")]
@@ -116,7 +116,13 @@ def summary_markdown(results: dict, title: str) -> str:
 
 
 def write_outputs(results: dict, out: Path, title: str) -> None:
-    """metrics.json, summary.md, cross_heatmap.png and multi.run in ``out``."""
+    """metrics.json, summary.md, cross_heatmap.png and multi.run in ``out`` (a full disk:
+    one line naming ``out``)."""
+    with writing(out):
+        _write_outputs(results, out, title)
+
+
+def _write_outputs(results: dict, out: Path, title: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     topk = results.get("topk")
     plain = {k: v for k, v in results.items() if k != "topk"}

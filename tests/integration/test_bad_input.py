@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (ME5_SMALL, assert_one_line_error, lareqa_doc, need, overrides, paragraph, rows_of, run_hbt,
-                           write_parquet)
+                           status_line, write_parquet)
 
 
 def write(path: Path, doc) -> Path:
@@ -264,14 +264,15 @@ def test_metrics_cut_short_are_named_on_resume(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 4.5 MB tmpfs: room for the tiny preset's init/ (0.9 MB) and one checkpoint of
-    the small run (2.5 MB), not two. Mounting needs root (CAP_SYS_ADMIN)."""
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest):
+    """A 4.5 MB tmpfs (or ``request.param`` kB): room for the tiny preset's init/ (0.9 MB)
+    and one checkpoint of the small run (2.5 MB), not two. Mounting needs root (CAP_SYS_ADMIN)."""
     import subprocess
 
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4500k", "tmpfs", str(mount)], capture_output=True, text=True)
+    size = getattr(request, "param", 4500)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}k", "tmpfs", str(mount)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill here (needs root): {done.stderr.strip()}")
     yield mount
@@ -292,3 +293,16 @@ def test_a_full_disk_is_one_line_naming_what_could_not_be_written(tmp_path: Path
     checkpoints = run / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000002"]
     assert incomplete(checkpoints / "step-00000002") is None and (checkpoints / "latest").read_text() == "step-00000002"
+
+
+@pytest.mark.parametrize("small_disk", [4000], indirect=True)
+def test_a_full_disk_after_training_is_one_line_too(tmp_path: Path, small_disk: Path) -> None:
+    """Room for init/ and the last checkpoint but not for the evaluation's outputs and the exported model: was a
+    32-line traceback from hbt/eval/report.py (only checkpoints and metrics named their
+    path); now one line naming the file that could not be written."""
+    run = small_disk / "run"
+    out = run_hbt("train", *overrides(tmp_path, "unused", f"run.dir={run}", "train.max_steps=2", "train.checkpoint_every=1000"))
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip() and not status_line(line)]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert lines[-1].startswith(f"hbt: error: {run / 'eval'}") and "cannot write: no space left on its filesystem" in lines[-1], lines
+    assert not any(line.startswith("hbt: error") for line in lines[:-1]), lines

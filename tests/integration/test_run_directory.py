@@ -120,3 +120,49 @@ def test_a_refused_job_writes_nothing_into_the_run_dir(finished: Path, tmp_path:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_killed_jobs_lock_is_free_at_once(tmp_path: Path) -> None:
+    """The DataLoader worker forked while rank 0 held the lock kept it ~5 s after rank 0
+    was SIGKILLed (a flock belongs to the open file, which the fork shared), so a rerun was
+    refused naming a dead pid; now every forked child closes its copy."""
+    from hbt.runlock import RunLock
+
+    busy = ["train.epochs=1000", "train.max_steps=100000", "data.num_workers=1"]
+    job = subprocess.Popen([sys.executable, "-m", "hbt", "train", *overrides(tmp_path, "run", *busy)],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "metrics.jsonl").exists():  # training: the worker is forked and running
+            assert job.poll() is None and time.monotonic() < deadline, "the job never trained"
+            time.sleep(0.2)
+        job.kill()
+        job.wait()
+        RunLock(tmp_path / "run").acquire(wait_s=0)  # raises while any copy of the lock lives
+    finally:
+        job.kill()
+        job.wait()
+
+
+@pytest.mark.parametrize("refusal", ["changed input", "never"])
+def test_a_refused_resume_leaves_the_run_dir_as_it_was(finished: Path, tmp_path: Path, refusal: str) -> None:
+    """A resume refused after the lock was taken rewrote .lock and launch.json (a launch
+    that never ran); now it is refused before DeepSpeed starts and puts .lock back."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in run.rglob("*")}
+    extra = ["train.alpha=1.0"] if refusal == "changed input" else ["--resume", "never"]
+    out = resume(run, finished, *extra)
+    assert_one_line_error(out, *(["was written with other inputs", "train.alpha"] if refusal == "changed input" else ["--resume"]))
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in run.rglob("*")} == before
+
+
+def test_a_checkpoint_file_overwritten_at_its_size_is_one_line(finished: Path, tmp_path: Path) -> None:
+    """The manifest holds sizes, so a file zeroed in place passes it; loading it was a
+    KeyError traceback from torch.load, now one line naming the checkpoint."""
+    def zero(c: Path) -> None:
+        rng = c / "rng-rank0.pt"
+        rng.write_bytes(bytes(rng.stat().st_size))
+
+    out = resume(damaged_copy(finished, tmp_path, zero), finished)
+    assert_one_line_error(out, "step-00000008: cannot be loaded", "delete it to resume from the one before")
