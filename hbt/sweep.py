@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Callable
 
 from hbt.errors import InputError
+from hbt.eval.debias import PREFIX as CENTERED
 from hbt.eval.report import latest_metrics
 from hbt.sweep_grid import Cell, Grid
 
 STRATEGIES = {"mono-only": 1.0, "cross-only": 0.0, "hybrid": 0.5}  # the paper's three, by name
 ZERO_SHOT = "zero-shot"
 COLUMNS = ["mono_map", "cross_map", "multi_map", "rank_spread", "own_language_first"]
+CENTERED_COLUMNS = [CENTERED + k for k in COLUMNS]  # the same under eval.debias=center (NaN without it)
 
 
 def strategy_name(alpha: float | None) -> str:
@@ -273,7 +275,7 @@ def collect(spec: SweepSpec) -> list[dict]:
             summary = json.loads(latest_metrics(run.run_dir).read_text())["summary"]
         except (InputError, FileNotFoundError):
             summary = {}
-        rows.append(row | {k: summary.get(k, math.nan) for k in COLUMNS})
+        rows.append(row | {k: summary.get(k, math.nan) for k in COLUMNS + CENTERED_COLUMNS})
     return rows
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hbt.eval.report import draw_heatmap, latest_metrics, map_matrix
-from hbt.sweep import COLUMNS, STRATEGIES, ZERO_SHOT, grid_settings, zero_shot_of
+from hbt.sweep import CENTERED, CENTERED_COLUMNS, COLUMNS, STRATEGIES, ZERO_SHOT, grid_settings, zero_shot_of
 
 NAMES = {"mono_map": "mono mAP", "cross_map": "cross mAP", "multi_map": "multilingual mAP",
          "rank_spread": "rank spread", "own_language_first": "own-language first"}
@@ -72,19 +72,27 @@ def _cell(mean: float, std: float, digits: int) -> str:
 
 
 def markdown_tables(rows: list[dict]) -> str:
-    """One table per group: a row per strategy, mean ± std over seeds of each column."""
+    """One table per group: a row per strategy, mean ± std over seeds of each column; and
+    where the runs evaluated with ``eval.debias=center``, the centred figures in a second
+    table beside it (the baseline hybrid batches should beat)."""
     parts = []
     for by_strategy in _groups(rows).values():
         trained = next(g for s, g in by_strategy.items() if s != ZERO_SHOT)
-        lines = [f"### {_heading(trained)}", "", "| strategy | alpha | seeds | " + " | ".join(NAMES[k] for k in COLUMNS) + " |",
-                 "|---|---:|---:|" + "---:|" * len(COLUMNS)]
-        for strategy, group in by_strategy.items():
-            alpha = group[0]["alpha"]
-            cells = [_cell(*_stats(group, key), 1 if key == "rank_spread" else 4) for key in COLUMNS]
-            done = sum(math.isfinite(float(r["mono_map"])) for r in group)
-            lines.append(f"| {strategy} | {'-' if alpha == '' else f'{alpha:g}'} | {done} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines) + "\n")
+        parts.append(_table(f"### {_heading(trained)}", by_strategy, COLUMNS))
+        if any(math.isfinite(float(r.get(CENTERED_COLUMNS[0], math.nan))) for g in by_strategy.values() for r in g):
+            parts.append(_table(f"#### {_heading(trained)}, centred (eval.debias=center)", by_strategy, CENTERED_COLUMNS))
     return "\n".join(parts)
+
+
+def _table(heading: str, by_strategy: dict[str, list[dict]], keys: list[str]) -> str:
+    lines = [heading, "", "| strategy | alpha | seeds | " + " | ".join(NAMES[k.removeprefix(CENTERED)] for k in keys) + " |",
+             "|---|---:|---:|" + "---:|" * len(keys)]
+    for strategy, group in by_strategy.items():
+        alpha = group[0]["alpha"]
+        cells = [_cell(*_stats(group, key), 1 if key.endswith("rank_spread") else 4) for key in keys]
+        done = sum(math.isfinite(float(r[keys[0]])) for r in group)
+        lines.append(f"| {strategy} | {'-' if alpha == '' else f'{alpha:g}'} | {done} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def alpha_curves(rows: list[dict], path: Path) -> None:

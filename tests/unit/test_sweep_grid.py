@@ -139,3 +139,16 @@ def test_tables_are_grouped_by_cell_each_with_its_zero_shot_baseline() -> None:
     assert tables.count("### tiny-lr") == 2 and "### tiny-lr1e-4 (train.lr=1e-4)" in tables
     assert tables.count("| zero-shot | - | 1 |") == 2
     assert "| hybrid | 0.5 | 2 | 0.8000 ± 0.0000 | 0.2000 ± 0.0000 | 0.4000 ± 0.1414 |" in tables
+
+
+def test_centred_figures_get_a_table_beside_the_plain_one_where_they_were_evaluated() -> None:
+    """Runs evaluated with eval.debias=center carry centered_* figures (hbt.eval.debias):
+    each group gets a second table of them; runs without them get none."""
+    plain = [_row("tiny", "", ZERO_SHOT, "", 0, 0.1), _row("tiny", "", "hybrid", 0.5, 0, 0.3)]
+    assert "centred" not in markdown_tables(plain)
+    centred = [r | {"centered_mono_map": 0.7, "centered_cross_map": 0.3, "centered_multi_map": m, "centered_rank_spread": 5.0,
+                    "centered_own_language_first": 0.6} for r, m in zip(plain, (0.25, 0.45))]
+    tables = markdown_tables(centred)
+    assert "#### tiny, centred (eval.debias=center)" in tables
+    assert "| hybrid | 0.5 | 1 | 0.7000 | 0.3000 | 0.4500 | 5.0 | 0.6000 |" in tables
+    assert "| hybrid | 0.5 | 1 | 0.8000 | 0.2000 | 0.3000 | 10.0 | 0.9000 |" in tables  # the plain table unchanged
