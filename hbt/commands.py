@@ -10,12 +10,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from hbt.errors import InputError
 
 if TYPE_CHECKING:  # hbt.dist imports torch
     from hbt.dist import DistEnv
+
+T = TypeVar("T")
 
 
 def data_stats_command(args: argparse.Namespace) -> int:
@@ -56,11 +58,25 @@ def _data_sampler(args: argparse.Namespace):
     from hbt.sampling import HybridBatchSampler
 
     cfg = SamplerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig)})
-    cfg.validate()  # before reading any data: a typo costs a second, not an index build
+    by_option(cfg.validate)  # before reading any data: a typo costs a second, not an index build
     if args.epochs < 1:
         raise InputError("--epochs", f"must be at least 1, got {args.epochs}")
     data, index = _training_index(args.path, args.cache_dir)
-    return data, HybridBatchSampler(index, cfg)
+    return data, by_option(lambda: HybridBatchSampler(index, cfg))
+
+
+def by_option(make: Callable[[], T]) -> T:
+    """``make()``, its refusal of a sampler setting named by the option the user typed
+    (``--alpha``), with the config key that sets it in a config beside it."""
+    from hbt.config import sampler_keys
+
+    try:
+        return make()
+    except InputError as e:
+        option = {key: "--" + name.replace("_", "-") for name, (key, _) in sampler_keys().items()}.get(e.where)
+        if option is None:
+            raise
+        raise InputError(f"{option} ({e.where})", e.problem) from None
 
 
 def data_sample_command(args: argparse.Namespace) -> int:

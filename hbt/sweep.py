@@ -188,7 +188,14 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print) -> list[str]:
     if len(set(stems)) < len(stems):  # their jobs would share run directories
         raise InputError("--config", f"two configs are named {next(s for s in stems if stems.count(s) > 1)!r}; rename one")
     for run in runs:  # a bad config or a missing model package fails here, before anything is queued
-        resolve_model_name(load_config(run.config, list(run.overrides)).model.name)
+        try:
+            cfg = load_config(run.config, list(run.overrides))
+        except InputError as e:  # the keys the sweep sets itself are named by the option that set them
+            option = {"run.seed": "--seeds", "train.alpha": "--alphas"}.get(e.where)
+            if option is None:
+                raise
+            raise InputError(f"{option} ({e.where})", e.problem) from None
+        resolve_model_name(cfg.model.name)
     kind = None if spec.executor == "auto" else spec.executor
     executor = submitit.AutoExecutor(folder=spec.out / "submitit", cluster=kind)
     width = spec.max_parallel or (len(runs) if executor.cluster == "slurm" else 1)

@@ -69,9 +69,11 @@ def test_sampler_options(tmp_path: Path) -> None:
     """With a fresh cache, so the index is built (and reported) before the error, as on a new clone."""
     cache = ("--cache-dir", str(tmp_path))
     assert_one_line_error(run_hbt("data", "sample", "synthetic:items=200", "--alpha", "1.5", *cache),
-                          "train.alpha", "[0, 1]")
+                          "--alpha (train.alpha)", "[0, 1]")
     assert_one_line_error(run_hbt("data", "sample", "synthetic:items=50", "--batch-size", "64", *cache),
-                          "train.batch_size", "larger than language")
+                          "--batch-size (train.batch_size)", "larger than language")
+    # named by the key a config sets it with, not the option typed, before
+    assert_one_line_error(run_hbt("data", "sample", "synthetic:items=200", "--seed", "-1", *cache), "--seed (run.seed)")
 
 
 def test_shard_sources_bad_input(tmp_path: Path) -> None:
@@ -226,6 +228,8 @@ def test_command_line_options(tmp_path: Path) -> None:
     .tmp file behind (--out naming a directory) or blamed the wrong thing."""
     assert_one_line_error(run_hbt("sweep", "--config", "configs/tiny.yaml", "--strategies", "hybrid", "--seeds", "0,x",
                                   "--out", str(tmp_path / "sweep")), "--seeds: not an integer: 'x'")
+    assert_one_line_error(run_hbt("sweep", "--config", "configs/tiny.yaml", "--strategies", "hybrid", "--seeds", "-1",
+                                  "--out", str(tmp_path / "sweep")), "--seeds (run.seed): must be in [0, 2**32)")
     cache = ("--cache-dir", str(tmp_path / "cache"))
     assert_one_line_error(run_hbt("data", "sample", "synthetic:items=50", "--epochs", "-1", *cache), "--epochs", "at least 1")
     taken = tmp_path / "taken"
