@@ -376,15 +376,21 @@ def eval_rank(rank: int, world: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def eval_world(world: int) -> dict:
-    """:func:`eval_rank`'s results on ``world`` gloo processes (1: in this process)."""
+def on_world(rank_fn: Callable[[int, int, str, str], None], world: int) -> dict:
+    """What ``rank_fn(rank, world, init, out)`` saved to ``out`` on rank 0, run on ``world``
+    gloo processes (1: in this process, with no process group)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.pt")
         if world == 1:
-            eval_rank(0, 1, "", out)
+            rank_fn(0, 1, "", out)
         else:
-            mp.spawn(eval_rank, args=(world, f"file://{tmp}/rendezvous", out), nprocs=world, join=True)
+            mp.spawn(rank_fn, args=(world, f"file://{tmp}/rendezvous", out), nprocs=world, join=True)
         return torch.load(out, weights_only=False)
+
+
+def eval_world(world: int) -> dict:
+    """:func:`eval_rank`'s results on ``world`` gloo processes (1: in this process)."""
+    return on_world(eval_rank, world)
 
 
 DEBIAS_TRAINING = "synthetic:items=90,languages=3,coverage=0.8,seed=6"  # EVAL_CORPUS' languages, other items
@@ -419,13 +425,7 @@ def debias_rank(rank: int, world: int, init: str, out: str) -> None:
 
 def debias_world(world: int) -> dict:
     """:func:`debias_rank`'s results on ``world`` gloo processes (1: in this process)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "out.pt")
-        if world == 1:
-            debias_rank(0, 1, "", out)
-        else:
-            mp.spawn(debias_rank, args=(world, f"file://{tmp}/rendezvous", out), nprocs=world, join=True)
-        return torch.load(out, weights_only=False)
+    return on_world(debias_rank, world)
 
 
 # -- the run directory's lock ----------------------------------------------------------
