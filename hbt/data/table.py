@@ -63,12 +63,17 @@ def shard_files(source: str) -> tuple[str, list[str]] | None:
     formats = {_format_of(f) for f in files}
     if None in formats or len(formats) > 1:
         raise InputError(source, "shards must all be .parquet, or all .jsonl / .jsonl.gz")
-    builder = formats.pop()
-    # A shard without rows is left out (datasets fails on one): a writer may well leave one.
+    return formats.pop(), files
+
+
+def _with_rows(source: str, builder: str, files: list[str]) -> list[str]:
+    """The shards to read: a shard without rows is left out (datasets fails on one, and a
+    writer may well leave one), the Parquet footers checked. Only where the shards are
+    read (:func:`open_dataset`), not where a source is only recognised."""
     files = _parquet_with_rows(files) if builder == "parquet" else [f for f in files if _has_text(f)]
     if not files:
         raise InputError(source, "every shard is empty")
-    return builder, files
+    return files
 
 
 def _has_text(path: str) -> bool:
@@ -116,6 +121,8 @@ def open_dataset(source: str, cache_dir: str, split: str = "train") -> datasets.
     """A memory-mapped ``datasets.Dataset`` of ``source``: shards (see :func:`shard_files`),
     a ``save_to_disk`` directory, or ``hf:NAME`` (a hub dataset, where the hub is reachable)."""
     shards = shard_files(source)
+    if shards is not None:
+        shards = (shards[0], _with_rows(source, *shards))
     try:
         if shards is not None:
             builder, files = shards
