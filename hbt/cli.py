@@ -191,6 +191,8 @@ def _add_sweep(add_parser: AddParser) -> None:
     sweep.add_argument("--final", action="store_true",
                        help="then train best.yaml on all the training titles at every seed and evaluate the test set (OUT/final)")
     sweep.add_argument("--final-seeds", default=None, help="the seeds of --final (default: --seeds), e.g. tune on 0, test on 0,1,2")
+    sweep.add_argument("--final-alphas", default=None,
+                       help="alphas --final also trains at the chosen settings, e.g. 0,1: cross-only and mono-only beside a chosen hybrid")
     sweep.add_argument("--report-only", action="store_true", help="submit nothing; rewrite the tables and plots from the run dirs")
     sweep.add_argument("--out", default="runs/sweep", help="sweep directory: one run dir per job, submitit logs, the table")
     sweep.add_argument("--executor", choices=["auto", "local", "slurm"], default="auto", help="auto: Slurm when srun exists")

@@ -253,7 +253,8 @@ def _tuning(args: argparse.Namespace):
     if args.validation_titles is not None:
         parse_holdout(args.validation_titles, key="--validation-titles")
     if args.select is None:
-        for flag, given in (("--final", args.final), ("--final-seeds", args.final_seeds is not None), ("--pool-alphas", args.pool_alphas)):
+        for flag, given in (("--final", args.final), ("--final-seeds", args.final_seeds is not None),
+                            ("--final-alphas", args.final_alphas is not None), ("--pool-alphas", args.pool_alphas)):
             if given:
                 raise InputError(flag, "needs --select CRITERION (and --validation-titles)")
         return None
@@ -274,6 +275,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid, args.overrides)
     criterion = _tuning(args)
     final_seeds = parse_seeds(args.final_seeds, "--final-seeds") if args.final_seeds is not None else None
+    final_alphas = parse_alphas(args.final_alphas, None, "--final-alphas") if args.final_alphas is not None else None
     spec = SweepSpec(configs=args.config, alphas=parse_alphas(args.alphas, args.strategies), seeds=parse_seeds(args.seeds), out=Path(args.out),
                      overrides=args.overrides, zero_shot=args.zero_shot, executor=args.executor,
                      tasks_per_node=args.tasks_per_node, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
@@ -299,13 +301,13 @@ def sweep_command(args: argparse.Namespace) -> int:
     print(f"tables, curves and heatmaps: {spec.out.resolve()}/sweep.{{md,csv,png}}, heatmaps-*.png")
     code = 0
     if criterion is not None:
-        chosen, table = select(spec, collect(spec), criterion, args.pool_alphas, final_seeds)
+        chosen, table = select(spec, collect(spec), criterion, args.pool_alphas, final_seeds, final_alphas)
         print(table, end="")
         if chosen is None:
             code = 1
         else:
             print(f"chosen: {spec.out.resolve() / 'best.yaml'} (table: selection.md)", flush=True)
-            final = final_spec(spec, chosen, final_seeds)
+            final = final_spec(spec, chosen, final_seeds, final_alphas)
             if args.final and not args.report_only:
                 tick = time.monotonic()
                 problems += run_sweep(final, log=lambda line: print(line, flush=True))

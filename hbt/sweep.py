@@ -100,7 +100,9 @@ class SweepSpec:
         return out
 
 
-def parse_alphas(alphas: str | None, strategies: str | None) -> list[float]:
+def parse_alphas(alphas: str | None, strategies: str | None, option: str = "--alphas") -> list[float]:
+    """``--alphas`` and ``--strategies`` (or ``option``'s alphas alone) as train.alpha
+    values, ascending and each once."""
     values: list[float] = []
     for name in filter(None, (strategies or "").split(",")):
         if name.strip() not in STRATEGIES:
@@ -110,9 +112,9 @@ def parse_alphas(alphas: str | None, strategies: str | None) -> list[float]:
         try:
             values.append(float(raw))
         except ValueError:
-            raise InputError("--alphas", f"not a number: {raw!r}") from None
+            raise InputError(option, f"not a number: {raw!r}") from None
     if not values or any(not 0 <= a <= 1 for a in values):
-        raise InputError("--alphas", "give alphas in [0, 1] (or --strategies)")
+        raise InputError(option, "give alphas in [0, 1]" + (" (or --strategies)" if option == "--alphas" else ""))
     return sorted(set(values))
 
 

@@ -175,22 +175,27 @@ def _chosen_run(spec: SweepSpec, chosen: Candidate, alpha: float) -> SweepRun:
                 and run.cell.name == chosen.cell)
 
 
-def final_spec(spec: SweepSpec, chosen: Candidate, seeds: list[int] | None = None) -> SweepSpec:
+def final_spec(spec: SweepSpec, chosen: Candidate, seeds: list[int] | None = None,
+               extra_alphas: list[float] | None = None) -> SweepSpec:
     """The sweep of ``--final``: ``OUT/best.yaml`` (every setting in it) at the chosen alpha
-    (every alpha with ``--pool-alphas``) and ``seeds`` (default: the sweep's), trained on
-    all the training titles and evaluated on the test set, in ``OUT/final``."""
+    (every alpha with ``--pool-alphas``), then ``extra_alphas`` (``--final-alphas``: e.g.
+    the mono-only and cross-only baselines at the settings a hybrid chose), at ``seeds``
+    (default: the sweep's), trained on all the training titles and evaluated on the test
+    set, in ``OUT/final``. The chosen alpha comes first: best.yaml is written at it."""
     alphas = spec.alphas if chosen.alpha is None else [chosen.alpha]
+    alphas = alphas + [a for a in extra_alphas or () if a not in alphas]
     return dataclasses.replace(spec, configs=[str(spec.out / "best.yaml")], alphas=alphas, seeds=seeds or spec.seeds,
                                out=spec.out / "final", overrides=[], grid=Grid(), split={})
 
 
-def write_best(spec: SweepSpec, chosen: Candidate, criterion: Criterion, final_seeds: list[int] | None = None) -> Path:
+def write_best(spec: SweepSpec, chosen: Candidate, criterion: Criterion, final_seeds: list[int] | None = None,
+               final_alphas: list[float] | None = None) -> Path:
     """``OUT/best.yaml``: the chosen cell's resolved config, exactly as the first job of
     :func:`final_spec` runs it (at its alpha: the chosen one, the first with
     ``--pool-alphas``); with the split's overrides it is that alpha's validation job."""
     from hbt.config import load_config
 
-    first = next(r for r in final_spec(spec, chosen, final_seeds).runs() if r.alpha is not None)
+    first = next(r for r in final_spec(spec, chosen, final_seeds, final_alphas).runs() if r.alpha is not None)
     run = _chosen_run(spec, chosen, first.alpha)
     overrides = [*spec.overrides, *run.cell.overrides(), f"train.alpha={first.alpha}", f"run.dir={first.run_dir}",
                  f"run.seed={first.seed}"]
@@ -210,7 +215,7 @@ def write_best(spec: SweepSpec, chosen: Candidate, criterion: Criterion, final_s
 
 
 def select(spec: SweepSpec, rows: list[dict], criterion: Criterion, pool_alphas: bool = False,
-           final_seeds: list[int] | None = None) -> tuple[Candidate | None, str]:
+           final_seeds: list[int] | None = None, final_alphas: list[float] | None = None) -> tuple[Candidate | None, str]:
     """Score every cell of ``rows`` (the validation sweep's), write ``OUT/selection.md``
     and, when a cell is chosen, ``OUT/best.yaml``; returns the cell and the table."""
     cands = candidates(rows, criterion, pool_alphas)
@@ -219,5 +224,5 @@ def select(spec: SweepSpec, rows: list[dict], criterion: Criterion, pool_alphas:
     spec.out.mkdir(parents=True, exist_ok=True)
     (spec.out / "selection.md").write_text(table)
     if chosen is not None:
-        write_best(spec, chosen, criterion, final_seeds)
+        write_best(spec, chosen, criterion, final_seeds, final_alphas)
     return chosen, table

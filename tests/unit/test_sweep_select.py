@@ -123,6 +123,9 @@ def test_best_yaml_with_the_split_is_the_chosen_cells_config(tmp_path: Path) -> 
     select(spec, rows, parse_criterion("multi:mono>=zero_shot"), final_seeds=[5, 6])  # --final-seeds: tune on 3, test on 5 and 6
     assert [r.run_dir.name for r in final_spec(spec, chosen, [5, 6]).runs()][1:] == ["best-alpha1-seed5", "best-alpha1-seed6"]
     assert load_config(out / "best.yaml").run.seed == 5
+    select(spec, rows, parse_criterion("multi:mono>=zero_shot"), final_alphas=[0.0, 1.0])  # --final-alphas 0,1
+    assert [r.run_dir.name for r in final_spec(spec, chosen, None, [0.0, 1.0]).runs()][1:] == ["best-alpha1-seed3", "best-alpha0-seed3"]
+    assert load_config(out / "best.yaml").train.alpha == 1.0  # best.yaml stays at the chosen alpha, not the first given
 
 
 def test_pooled_alphas_best_yaml_is_the_first_alphas_final_and_validation_job(tmp_path: Path) -> None:
@@ -169,6 +172,8 @@ def test_the_validation_split_holds_out_no_test_title_and_evaluates_only_its_own
     (["--pool-alphas"], "hbt: error: --pool-alphas: needs --select"),
     (["--final-seeds", "0,1"], "hbt: error: --final-seeds: needs --select"),
     (["--validation-titles", "0.2", "--select", "multi", "--final-seeds", "0,x"], "hbt: error: --final-seeds: not an integer: 'x'"),
+    (["--final-alphas", "0,1"], "hbt: error: --final-alphas: needs --select"),
+    (["--validation-titles", "0.2", "--select", "multi", "--final-alphas", "0,2"], "hbt: error: --final-alphas: give alphas in [0, 1]"),
     (["--validation-titles", "1.5", "--select", "multi"], "hbt: error: --validation-titles: a fraction must be in (0, 1)"),
     (["--grid", "train.alpha=0.3,0.7"], "hbt: error: --grid: train.alpha is set by the sweep itself"),
     (["--grid", "train.lr=1e-4,1e-4"], "hbt: error: --grid: train.lr: 1e-4 and 1e-4 are the same value"),
