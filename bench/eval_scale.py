@@ -94,7 +94,7 @@ def unblocked_search_and_rank(q_emb, c_emb, ca, query_lang, cand_lang, relevant,
     for y in range(n_clang):
         cols = np.flatnonzero(c_lang == y)
         t0 = time.perf_counter()
-        faiss_index = build_index(c_emb[cols]) if len(cols) else None
+        faiss_index = build_index(c_emb[cols], env) if len(cols) else None
         index_s += time.perf_counter() - t0
         for x in range(n_qlang):
             rows = np.flatnonzero(query_lang == x)

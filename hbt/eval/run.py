@@ -179,7 +179,7 @@ def search_and_rank(queries: np.ndarray, cands: np.ndarray, first_id: int, query
     query_rows = [np.flatnonzero(query_lang == x) for x in range(int(query_lang.max()) + 1 if len(query_lang) else 0)]
     for y, pool in enumerate(tqdm(pools if k > 0 else [], desc="search", disable=not show, leave=False)):
         t0 = time.perf_counter()
-        faiss_index = build_index(cands[pool], index) if len(ids[pool]) else None
+        faiss_index = build_index(cands[pool], env, index) if len(ids[pool]) else None
         timings["index_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         for x, rows in enumerate(query_rows):

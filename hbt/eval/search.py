@@ -13,7 +13,6 @@ sizes, not by the pool (a million candidates per rank need no more than 4,096 do
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,9 +25,9 @@ from hbt.eval.encode import shard_bounds
 IndexKind = Literal["flat", "hnsw", "ivf"]
 
 
-def build_index(vectors: np.ndarray, kind: IndexKind = "flat") -> faiss.Index:
-    """Inner-product index over ``vectors``: exact (``flat``, on the GPU when faiss-gpu and
-    a GPU are present), or approximate HNSW / IVF for very large pools."""
+def build_index(vectors: np.ndarray, env: DistEnv, kind: IndexKind = "flat") -> faiss.Index:
+    """Inner-product index over ``vectors``: exact (``flat``, on ``env``'s own GPU when
+    faiss-gpu and a GPU are present), or approximate HNSW / IVF for very large pools."""
     dim = vectors.shape[1]
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
@@ -40,20 +39,20 @@ def build_index(vectors: np.ndarray, kind: IndexKind = "flat") -> faiss.Index:
     else:
         index = faiss.IndexFlatIP(dim)
         if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            device = local_gpu()
+            device = local_gpu(env)
             index = faiss.index_cpu_to_gpu(gpu_resources(device), device, index)
     index.add(vectors)
     return index
 
 
-def local_gpu() -> int:
+def local_gpu(env: DistEnv) -> int:
     """This rank's own GPU, so that ranks on one node do not all search on GPU 0: the
-    current CUDA device (hbt.dist.init sets it from LOCAL_RANK), else LOCAL_RANK."""
+    current CUDA device (hbt.dist.init sets it from the local rank), else the local rank's."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.current_device()
-    return int(os.environ.get("LOCAL_RANK", 0)) % faiss.get_num_gpus()
+    return env.local_rank % faiss.get_num_gpus()
 
 
 @functools.cache
@@ -91,7 +90,7 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
 def distributed_topk(queries: np.ndarray, candidates: np.ndarray, ids: np.ndarray, k: int, env: DistEnv,
                      kind: IndexKind = "flat") -> tuple[np.ndarray, np.ndarray]:
     """Search this rank's shard and merge every rank's lists: the same global top-k on every rank of ``env``."""
-    index = build_index(candidates, kind) if len(candidates) else None
+    index = build_index(candidates, env, kind) if len(candidates) else None
     return merge_topk(gather_objects(local_topk(index, queries, ids, k), env), k)
 
 

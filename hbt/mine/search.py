@@ -37,7 +37,7 @@ class Search:
 
 
 def search_language(queries: np.ndarray, cands: np.ndarray, cand_ids: np.ndarray, depth: int,
-                    index: IndexKind, search: Search, indexes: list | None) -> tuple[np.ndarray, np.ndarray]:
+                    index: IndexKind, search: Search, indexes: list | None, env: DistEnv) -> tuple[np.ndarray, np.ndarray]:
     """This rank's top ``depth + MARGIN`` of ``cands`` (global ids ``cand_ids``) for each
     query, rescored in float64, ranked by score then lower id. ``indexes`` caches the
     FAISS index when one block holds all of this rank's candidates of the language."""
@@ -48,7 +48,7 @@ def search_language(queries: np.ndarray, cands: np.ndarray, cand_ids: np.ndarray
         if indexes:
             faiss_index = indexes[0]
         else:
-            faiss_index = build_index(np.ascontiguousarray(cands[lo:lo + block]), index)
+            faiss_index = build_index(np.ascontiguousarray(cands[lo:lo + block]), env, index)
             if len(cands) <= block and indexes is not None:
                 indexes.append(faiss_index)
         parts.append(local_topk(faiss_index, queries, cand_ids[lo:lo + block], k))
@@ -112,7 +112,7 @@ def language_blocks(queries: np.ndarray, cands: np.ndarray, cand_ids: np.ndarray
 
     def ranked(qb: np.ndarray, pos_rows: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The merged top ``d`` of every rank (ids, float64 scores) and the positives' scores."""
-        lists = search_language(qb, local, local_ids, d, s.index, search, indexes)
+        lists = search_language(qb, local, local_ids, d, s.index, search, indexes, env)
         pos = relevant_scores(qb, local, 0, pos_rows[:, None])[:, 0]
         parts = gather_objects((lists, pos), env)
         scores, ids = merge_topk([p[0] for p in parts], d)

@@ -136,8 +136,8 @@ def test_approximate_indexes_find_most_true_neighbours(kind: str) -> None:
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((4000, 32)).astype(np.float32)
     queries = vectors[:200] + 0.1 * rng.standard_normal((200, 32)).astype(np.float32)
-    _, exact = local_topk(build_index(vectors, "flat"), queries, np.arange(4000), 10)
-    _, approx = local_topk(build_index(vectors, kind), queries, np.arange(4000), 10)
+    _, exact = local_topk(build_index(vectors, detect({}), "flat"), queries, np.arange(4000), 10)
+    _, approx = local_topk(build_index(vectors, detect({}), kind), queries, np.arange(4000), 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert (approx[:, 0] == np.arange(200)).mean() > 0.95 and recall > 0.5, recall
 
@@ -156,7 +156,7 @@ def test_a_gpu_index_answers_deeper_than_faiss_gpu_selects() -> None:
     vectors = rng.standard_normal((3 * GPU_MAX_K, 16)).astype(np.float32)
     queries = rng.standard_normal((5, 16)).astype(np.float32)
     k = GPU_MAX_K + 500
-    scores, ids = local_topk(build_index(vectors, "flat"), queries, np.arange(len(vectors)), k)
+    scores, ids = local_topk(build_index(vectors, detect({}), "flat"), queries, np.arange(len(vectors)), k)
     exact = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
     assert ids.shape == (5, k) and np.mean(ids == exact) > 0.99  # ties aside, the exact order
 
