@@ -97,7 +97,7 @@ def encoder_and_sides(name: str, data: str) -> tuple[object, object, dict[str, t
     from hbt.data import load_corpus
     from hbt.dist import detect
     from hbt.eval.run import EvalLayout
-    from hbt.eval.standalone import load_encoder, text_spec
+    from hbt.eval.standalone import load_encoder, model_text_spec
     from hbt.model import BiEncoder, build_tiny
 
     layout = EvalLayout.of(load_corpus(data).retrieval)
@@ -106,7 +106,7 @@ def encoder_and_sides(name: str, data: str) -> tuple[object, object, dict[str, t
         encoder, tokenizer = build_tiny(questions + sentences, max_length=TINY_LENGTHS[1], seed=0, **TINY)
         bi, (q_prefix, p_prefix), (q_len, p_len) = BiEncoder(encoder), ("", ""), TINY_LENGTHS
     else:
-        spec, pooling = text_spec(name, *E5_PREFIXES)
+        spec, pooling = model_text_spec(name, *E5_PREFIXES)
         bi, tokenizer = load_encoder(name, pooling, detect({}))
         q_prefix, p_prefix, q_len, p_len = spec.query_prefix, spec.passage_prefix, spec.max_query_length, spec.max_passage_length
     return bi, tokenizer, {"questions": ([q_prefix + t for t in questions], q_len),

@@ -79,8 +79,8 @@ def model_settings(model_dir: Path) -> dict:
     return found
 
 
-def text_spec(model: str, query_prefix: str | None = None, passage_prefix: str | None = None,
-              max_length: int | None = None, pooling: str | None = None) -> tuple[TextSpec, str]:
+def model_text_spec(model: str, query_prefix: str | None = None, passage_prefix: str | None = None,
+                    max_length: int | None = None, pooling: str | None = None) -> tuple[TextSpec, str]:
     """How to encode with ``model``: what is given, else what was saved with the model
     (:func:`model_settings`), else no prefixes, 128 tokens and mean pooling. The token
     limit is checked against the model's positions here (its config is read, no weights)."""
@@ -116,7 +116,7 @@ def run_eval(a: EvalArgs) -> tuple[dict, hdist.DistEnv]:
     from hbt.eval.run import evaluate
 
     a.validate()
-    spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
+    spec, pooling = model_text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
     corpus = any_corpus(a.data, a.cache_dir, env.is_main, hdist.barrier)
     training = None  # the corpus whose pairs the training means are taken over

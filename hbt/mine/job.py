@@ -45,7 +45,7 @@ def run_mine(a: MineArgs) -> tuple[dict, DistEnv]:
     and the job's env (so the caller prints once)."""
     from hbt import dist as hdist
     from hbt.data.split import parse_holdout
-    from hbt.eval.standalone import check_output_dir, load_encoder, text_spec
+    from hbt.eval.standalone import check_output_dir, load_encoder, model_text_spec
 
     s = a.settings
     s.validate()
@@ -56,7 +56,7 @@ def run_mine(a: MineArgs) -> tuple[dict, DistEnv]:
         parse_holdout(a.holdout_titles, key="--holdout-titles")
     timings: dict[str, float] = {}
     tick = time.perf_counter()
-    spec, pooling = text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
+    spec, pooling = model_text_spec(a.model, a.query_prefix, a.passage_prefix, a.max_length, a.pooling)
     env = hdist.init()
     corpus = mining_corpus(a, env)
     layout = MineLayout.of(corpus, s.languages, a.data)

@@ -65,10 +65,10 @@ def ranking(model: Path, rows: list[dict], data: str) -> dict[tuple[str, str], t
     (then pool order) for the query, their scores and the positive's score."""
     from hbt.data import load_corpus
     from hbt.eval.encode import encode
-    from hbt.eval.standalone import load_encoder, text_spec
+    from hbt.eval.standalone import load_encoder, model_text_spec
     from hbt.dist import detect
 
-    spec, pooling = text_spec(str(model))
+    spec, pooling = model_text_spec(str(model))
     bi, tok = load_encoder(str(model), pooling, detect({}))
     rs = load_corpus(data).retrieval
     out = {}
